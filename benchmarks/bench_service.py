@@ -1,0 +1,195 @@
+"""REST + queue overhead and throughput of the judges service, against the same judges in-process.
+
+Starts its own redis-server, a gateway (`cgpo judges serve`) and workers (`cgpo judges worker`) on
+loopback, exactly as deployed, and measures:
+
+* light load: p50/p95 latency of sequential one-item requests, in-process vs REST embedded vs REST+Redis;
+* heavy load: items/s with 64 concurrent clients through REST+Redis vs the in-process handler.
+
+    python benchmarks/bench_service.py --judge instructions --items-per-request 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from services.common.schemas import JudgeItem  # noqa: E402
+from services.judges.config import JudgeConfig  # noqa: E402
+from services.judges.handler import JudgeHandler  # noqa: E402
+from services.judges.registry import build  # noqa: E402
+
+IFEVAL = REPO.parent / "shared" / "data" / "ifeval"
+
+
+def workload(judge: str, n: int) -> list[dict]:
+    """``n`` realistic items for ``judge``."""
+    if judge == "instructions":
+        prompts = [json.loads(line) for line in (IFEVAL / "input_data.jsonl").open()]
+        responses = [json.loads(line) for line in (IFEVAL / "input_response_data_gpt4_20231107_145030.jsonl").open()]
+        base = [{"prompt": p["prompt"], "response": r["response"], "judges": ["instructions"],
+                 "metadata": {"instruction_id_list": p["instruction_id_list"], "kwargs": p["kwargs"]}}
+                for p, r in zip(prompts, responses)]
+    elif judge == "math":
+        base = [{"prompt": f"What is {i} + {i}?", "response": f"{i} plus {i} is {2 * i}. The final answer is {2 * i}.",
+                 "judges": ["math"], "metadata": {"answer": str(2 * i + (i % 3 == 0))}} for i in range(500)]
+    else:
+        base = [{"prompt": "Can you help?", "response": "Sure! Here is how to do it, step by step.",
+                 "judges": ["refusal"]}, {"prompt": "Help?", "response": "I'm sorry, but I can't help with that.",
+                                          "judges": ["refusal"]}]
+    return [base[i % len(base)] for i in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    ms = sorted(x * 1000 for x in samples_s)
+    return {"p50_ms": round(statistics.median(ms), 3), "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 3)}
+
+
+def in_process(judge: str, items: list[dict], batch: int) -> dict:
+    handler = JudgeHandler(build(JudgeConfig(enabled=(judge,))))
+    handler.setup()
+    parsed = [JudgeItem.model_validate(i) for i in items]
+    single = []
+    for item in parsed[:200]:
+        start = time.perf_counter()
+        handler.predict([item])
+        single.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(0, len(parsed), batch):
+        handler.predict(parsed[i : i + batch])
+    elapsed = time.perf_counter() - start
+    handler.close()
+    return {"items_per_s": round(len(parsed) / elapsed, 1), **percentiles(single)}
+
+
+async def light_load(base: str, items: list[dict], n: int = 300) -> dict:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        for item in items[:20]:  # warm up connections and caches
+            (await client.post("/v1/judge", json={"items": [item]})).raise_for_status()
+        latencies = []
+        for i in range(n):
+            start = time.perf_counter()
+            (await client.post("/v1/judge", json={"items": [items[i % len(items)]]})).raise_for_status()
+            latencies.append(time.perf_counter() - start)
+    return percentiles(latencies)
+
+
+async def heavy_load(base: str, items: list[dict], clients: int, per_request: int, duration_s: float) -> dict:
+    done = 0
+    stop_at = time.perf_counter() + duration_s
+
+    async def one_client(k: int, client: httpx.AsyncClient) -> None:
+        nonlocal done
+        i = k * per_request
+        while time.perf_counter() < stop_at:
+            chunk = [items[(i + j) % len(items)] for j in range(per_request)]
+            i += per_request * clients
+            (await client.post("/v1/judge", json={"items": chunk})).raise_for_status()
+            done += per_request
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(one_client(k, client) for k in range(clients)))
+        elapsed = time.perf_counter() - start
+    return {"items_per_s": round(done / elapsed, 1), "clients": clients, "items_per_request": per_request}
+
+
+class Stack:
+    """redis-server + gateway + workers as separate processes."""
+
+    def __init__(self, judge: str, workers: int, redis: bool) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CGPO_")}
+        env.update(PYTHONPATH=str(REPO), CGPO_JUDGES_ENABLED=judge, CGPO_LOG_LEVEL="warning",
+                   CGPO_JUDGES_PROCESSES="1")
+        if redis:
+            redis_port = free_port()
+            self._spawn([shutil.which("redis-server"), "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+                        env)
+            env["CGPO_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        self._spawn([sys.executable, "-m", "cgpo", "judges", "serve", "--port", str(self.port)], env)
+        for _ in range(workers if redis else 0):
+            self._spawn([sys.executable, "-m", "cgpo", "judges", "worker"], env)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self._wait_ready()
+
+    def _spawn(self, cmd: list[str], env: dict[str, str]) -> None:
+        self.procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True))
+
+    def _wait_ready(self) -> None:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("service did not become ready")
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--judge", default="instructions", choices=["instructions", "math", "refusal"])
+    parser.add_argument("--items-per-request", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    args = parser.parse_args()
+    items = workload(args.judge, 2048)
+
+    report: dict[str, object] = {"judge": args.judge, "cores": os.cpu_count()}
+    report["in_process"] = in_process(args.judge, items, batch=64)
+    stack = Stack(args.judge, args.workers, redis=False)
+    try:
+        report["rest_embedded_light"] = asyncio.run(light_load(stack.base, items))
+    finally:
+        stack.close()
+    stack = Stack(args.judge, args.workers, redis=True)
+    try:
+        report["rest_queue_light"] = asyncio.run(light_load(stack.base, items))
+        report["rest_queue_heavy"] = asyncio.run(heavy_load(stack.base, items, args.clients,
+                                                            args.items_per_request, args.duration_s))
+    finally:
+        stack.close()
+    base_p50 = report["in_process"]["p50_ms"]  # type: ignore[index]
+    report["overhead_p50_ms"] = round(report["rest_queue_light"]["p50_ms"] - base_p50, 3)  # type: ignore[index]
+    report["heavy_vs_in_process"] = round(report["rest_queue_heavy"]["items_per_s"]  # type: ignore[index]
+                                          / report["in_process"]["items_per_s"], 3)  # type: ignore[index]
+    print(f"{'path':28} {'p50 ms':>8} {'p95 ms':>8} {'items/s':>9}")
+    for key in ("in_process", "rest_embedded_light", "rest_queue_light", "rest_queue_heavy"):
+        row = report[key]  # type: ignore[index]
+        print(f"{key:28} {row.get('p50_ms', ''):>8} {row.get('p95_ms', ''):>8} {row.get('items_per_s', ''):>9}")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+import sys
+
+from cgpo.cli import main
+
+# Guarded: judge process pools start with forkserver/spawn, which re-import the main module.
+if __name__ == "__main__":
+    sys.exit(main())

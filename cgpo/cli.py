@@ -1,0 +1,92 @@
+"""The ``cgpo`` command. Subcommands import their heavy parts only when run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cgpo", description="CGPO: constrained RLHF with a mixture of judges.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    judges = sub.add_parser("judges", help="the judges service").add_subparsers(dest="action", required=True)
+    serve = judges.add_parser("serve", help="run the judges REST gateway (embedded judges unless CGPO_REDIS_URL)")
+    serve.add_argument("--host", default=os.environ.get("CGPO_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("CGPO_PORT", "8000")))
+    worker = judges.add_parser("worker", help="serve the judges queue on CGPO_REDIS_URL")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+
+    one = sub.add_parser("judge", help="judge one response and print the verdicts as JSON")
+    one.add_argument("prompt")
+    one.add_argument("response")
+    one.add_argument("--judges", required=True, help="comma-separated judge names")
+    one.add_argument("--metadata", default="{}", help="JSON object of metadata for the judges")
+    one.add_argument("--url", default=None, help="a judges service to ask instead of judging in-process")
+    one.add_argument("--api-key", default=os.environ.get("CGPO_API_KEY"))
+
+    args = parser.parse_args(argv)
+    if args.command == "judges" and args.action == "serve":
+        return _serve_judges(args.host, args.port)
+    if args.command == "judges" and args.action == "worker":
+        from services.judges.worker import run_worker
+
+        run_worker(burst=args.burst)
+        return 0
+    if args.command == "judge":
+        return _judge_once(args, parser)
+    parser.error("unknown command")
+    return 2
+
+
+def _serve_judges(host: str, port: int) -> int:
+    import uvicorn
+
+    from services.judges.app import build_app
+
+    uvicorn.run(build_app(), host=host, port=port, log_level=os.environ.get("CGPO_LOG_LEVEL", "info"))
+    return 0
+
+
+def _judge_once(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Exit status: 0 feasible, 1 a judge failed or errored, 2 bad input."""
+    from services.common.client import JudgesClient
+    from services.common.errors import ServiceError
+    from services.judges.config import JudgeConfig
+
+    try:
+        metadata = json.loads(args.metadata)
+    except json.JSONDecodeError as exc:
+        parser.error(f"--metadata is not valid JSON: {exc}")
+    if not isinstance(metadata, dict):
+        parser.error("--metadata must be a JSON object")
+    names = tuple(dict.fromkeys(n.strip() for n in args.judges.split(",") if n.strip()))
+    item = {"prompt": args.prompt, "response": args.response, "judges": list(names), "metadata": metadata}
+    if args.url:
+        client = JudgesClient(args.url, api_key=args.api_key)
+    else:
+        try:  # build only the judges asked for
+            client = JudgesClient.embedded(JudgeConfig.from_env(enabled=names))
+        except ValueError as exc:
+            parser.error(str(exc))
+
+    async def run() -> int:
+        async with client:
+            try:
+                [result] = await client.judge([item])
+            except ServiceError as exc:
+                print(json.dumps({"error": {"code": exc.code, "message": exc.message, "detail": exc.detail}}),
+                      file=sys.stderr)
+                return 2
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+        return 0 if result.feasible else 1
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

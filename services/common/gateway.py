@@ -1,0 +1,214 @@
+"""The gateway app factory: what every service's HTTP front shares.
+
+`create_app` returns a FastAPI app with ``/healthz``, ``/readyz`` and
+Prometheus ``/metrics``; bearer-token auth when API keys are configured; a
+body-size limit; one JSON error envelope for every failure (never a 500 for bad
+input); and the backend (Redis queue or in-process handler) started and closed
+with the app. Services add their routes with `submit`, which assigns the
+request id, applies the deadline and item limits, and maps backend errors.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.common.backends import Backend
+from services.common.errors import (
+    AuthError,
+    BadRequestError,
+    PayloadTooLargeError,
+    ServiceError,
+    ServiceUnavailableError,
+)
+from services.common.schemas import ErrorBody, ErrorEnvelope, Health
+from services.common.settings import ServiceSettings
+
+REQUEST_ID_HEADER = "X-Request-ID"
+TIMEOUT_HEADER = "X-Timeout-S"
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc"}
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so apps do not share counters)."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("cgpo_requests", "HTTP requests", ["service", "path", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("cgpo_request_seconds", "HTTP request latency", ["service", "path"],
+                                 registry=self.registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
+        self.items = Counter("cgpo_items", "Items accepted", ["service"], registry=self.registry)
+        self.queue_depth = Gauge("cgpo_queue_depth", "Jobs waiting or in flight", ["service"],
+                                 registry=self.registry)
+        self.service = service
+
+
+def error_response(err: ServiceError) -> JSONResponse:
+    body = ErrorEnvelope(error=ErrorBody(code=err.code, message=err.message, detail=err.detail))
+    headers = {"Retry-After": str(max(1, round(err.retry_after_s)))} if err.retry_after_s else None
+    return JSONResponse(body.model_dump(mode="json"), status_code=err.status, headers=headers)
+
+
+def create_app(service: str, backend: Backend, settings: ServiceSettings, *, title: str,
+               description: str, version: str = "0.1.0") -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        await backend.start()
+        yield
+        await backend.close()
+
+    app = FastAPI(title=title, description=description, version=version, lifespan=lifespan,
+                  responses={code: {"model": ErrorEnvelope} for code in (400, 401, 413, 422, 503, 504)})
+    app.state.backend = backend
+    app.state.settings = settings
+    app.state.metrics = metrics = Metrics(service)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        if exc.status == 503 and exc.retry_after_s is None:
+            exc.retry_after_s = settings.retry_after_s
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        err = ServiceError("the request body does not match the schema", errors)
+        err.status, err.code = 422, "invalid_request"
+        return error_response(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = ServiceError(str(exc.detail))
+        err.status, err.code = exc.status_code, {404: "not_found", 405: "method_not_allowed",
+                                                 413: "payload_too_large"}.get(
+            exc.status_code, "http_error")
+        return error_response(err)
+
+    app.add_middleware(Guard, service=service, settings=settings, metrics=metrics)
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    async def healthz() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok", mode=backend.mode)  # type: ignore[arg-type]
+
+    @app.get("/readyz", response_model=Health, tags=["ops"], responses={503: {"model": ErrorEnvelope}})
+    async def readyz() -> Any:
+        """Readiness: the backend can take work (Redis reachable and at least one live worker)."""
+        detail = await backend.health()
+        metrics.queue_depth.labels(service).set(detail.get("queue_depth", 0))
+        if backend.mode == "queue" and detail.get("workers", 0) == 0:
+            raise ServiceUnavailableError("no live worker is serving the queue", detail)
+        return Health(status="ok", mode=backend.mode, detail=detail)  # type: ignore[arg-type]
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class Guard:
+    """ASGI middleware: bearer auth, body-size limit and request metrics, before any route runs."""
+
+    def __init__(self, app: Any, *, service: str, settings: ServiceSettings, metrics: Metrics) -> None:
+        self.app, self.service, self.settings, self.metrics = app, service, settings, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path = scope["path"]
+        status = 500
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+        async def send_and_record(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            rejection = self._check_auth(path, headers) or self._check_length(headers)
+            if rejection is not None:
+                await rejection(scope, receive, send_and_record)
+            else:
+                await self.app(scope, self._limited(receive), send_and_record)
+        finally:
+            route = path if path in OPEN_PATHS or path.startswith("/v1/") or path == "/get_reward" else "other"
+            self.metrics.requests.labels(self.service, route, str(status)).inc()
+            self.metrics.latency.labels(self.service, route).observe(time.perf_counter() - start)
+
+    def _check_auth(self, path: str, headers: dict[str, str]) -> Response | None:
+        if not self.settings.api_keys or path in OPEN_PATHS:
+            return None
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and any(hmac.compare_digest(token.encode(), k.encode())
+                                              for k in self.settings.api_keys):
+            return None
+        response = error_response(AuthError("a valid bearer token is required (Authorization: Bearer <key>)"))
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    def _check_length(self, headers: dict[str, str]) -> Response | None:
+        declared = headers.get("content-length")
+        if declared is None:
+            return None
+        if not declared.isdigit():
+            return error_response(BadRequestError("invalid Content-Length header"))
+        if int(declared) > self.settings.max_body_bytes:
+            return error_response(self._too_large())
+        return None
+
+    def _limited(self, receive: Any) -> Any:
+        """``receive`` that fails with 413 once a body without Content-Length passes the limit."""
+        size = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal size
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.settings.max_body_bytes:
+                    # an HTTPException passes FastAPI's body reader untouched (others become 400)
+                    raise HTTPException(413, self._too_large().message)
+            return message
+
+        return limited
+
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(f"request body exceeds {self.settings.max_body_bytes} bytes",
+                                    {"max_body_bytes": self.settings.max_body_bytes})
+
+
+async def submit(request: Request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run ``items`` through the app's backend under the request's id and deadline."""
+    settings: ServiceSettings = request.app.state.settings
+    if len(items) > settings.max_items:
+        raise PayloadTooLargeError(f"{len(items)} items exceed the limit of {settings.max_items} per request",
+                                   {"max_items": settings.max_items})
+    job_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+    if len(job_id) > 128:
+        raise BadRequestError(f"{REQUEST_ID_HEADER} is longer than 128 characters")
+    timeout_s = settings.request_timeout_s
+    if TIMEOUT_HEADER.lower() in request.headers:
+        try:
+            timeout_s = min(timeout_s, float(request.headers[TIMEOUT_HEADER]))
+        except ValueError as exc:
+            raise BadRequestError(f"{TIMEOUT_HEADER} must be a number of seconds") from exc
+        if timeout_s <= 0:
+            raise BadRequestError(f"{TIMEOUT_HEADER} must be > 0")
+    request.app.state.metrics.items.labels(request.app.state.metrics.service).inc(len(items))
+    return await request.app.state.backend.run(job_id, items, timeout_s)

@@ -1,0 +1,177 @@
+"""The ``code`` judge: the response's Python passes every unit test (SPEC §2).
+
+Tests come from the prompt's metadata, in one of two shapes:
+  * ``unit_tests``: assert statements (MBPP style), a list of strings or one string;
+  * ``test`` + ``entry_point``: HumanEval style, ``test`` defines ``check(candidate)``
+    and the judge calls ``check(<entry_point>)``.
+Programs run in ``services.judges.sandbox`` (one fork-server zygote per worker) as
+``__main__`` with an empty stdin; the tests run after them in the same namespace.
+A program that times out or breaks a limit *fails* (the code is wrong); ``error``
+is kept for malformed metadata and for failures of the sandbox itself.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from services.common.schemas import Verdict
+from services.judges.base import Judge, Sample, errored, failed, passed
+from services.judges.sandbox import Isolation, Job, Limits, RunResult, SandboxPool
+
+_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:^[ \t]*```[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
+_PYTHON_TAGS = {"python", "py", "python3", "py3"}
+_STDERR_TAIL = 1000  # chars of stderr kept in a verdict's detail
+_TEXT_MAX = 300  # chars of a test or source line kept in detail
+_LIMIT_REASONS = {"timeout", "cpu", "memory", "file_size", "output_limit", "crashed", "exited"}
+
+
+class MetadataError(ValueError):
+    """The prompt's metadata does not describe runnable tests."""
+
+
+def extract_code(response: str) -> str:
+    """The first ```python/```py block, else the first fenced block, else the whole text.
+
+    An unclosed fence (a response cut off by the token limit) runs to the end.
+    """
+    blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(response)]
+    for tag, body in blocks:
+        if tag in _PYTHON_TAGS:
+            return body
+    return blocks[0][1] if blocks else response
+
+
+def build_tests(metadata: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(test sources to run after the program, a label per source for verdict details)."""
+    sources: list[str] = []
+    labels: list[str] = []
+    unit_tests = metadata.get("unit_tests")
+    if unit_tests is not None:
+        if isinstance(unit_tests, str):
+            unit_tests = [unit_tests]
+        if not isinstance(unit_tests, list | tuple) or not all(isinstance(t, str) for t in unit_tests):
+            raise MetadataError("`unit_tests` must be a string or a list of strings")
+        sources += [t for t in unit_tests if t.strip()]
+        labels += [t.strip() for t in unit_tests if t.strip()]
+    test, entry_point = metadata.get("test"), metadata.get("entry_point")
+    if test is not None or entry_point is not None:
+        if not isinstance(test, str) or not test.strip():
+            raise MetadataError("`test` must be a non-empty string defining check(candidate)")
+        if not isinstance(entry_point, str) or not entry_point.isidentifier() or keyword.iskeyword(entry_point):
+            raise MetadataError("`entry_point` must be the name of the function under test")
+        sources += [test, f"check({entry_point})"]
+        labels += ["test (defines check)", f"check({entry_point})"]
+    if not sources:
+        raise MetadataError("metadata needs `unit_tests`, or `test` with `entry_point`")
+    return sources, labels
+
+
+class CodeJudge(Judge):
+    """Runs the extracted program against the tests; ``pass`` iff all of them pass."""
+
+    name: ClassVar[str] = "code"
+    description: ClassVar[str] = (
+        "Runs the response's Python code (first ```python block, else first fenced block, else the "
+        "whole text) against the prompt's unit tests in a sandbox; pass iff every test passes."
+    )
+    metadata_fields: ClassVar[dict[str, str]] = {
+        "unit_tests": "assert statements run after the code: a list of strings, or one string",
+        "test": "HumanEval style: source defining check(candidate) (with entry_point)",
+        "entry_point": "HumanEval style: name of the function passed to check()",
+    }
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 5.0,
+        cpu_s: float | None = None,
+        memory_mb: int = 512,
+        max_processes: int = 16,
+        max_file_bytes: int = 1 << 20,
+        workers: int | None = None,
+        isolation: Isolation | None = None,
+    ) -> None:
+        self.limits = Limits(timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb,
+                             max_processes=max_processes, max_file_bytes=max_file_bytes)
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.isolation = isolation
+        self._pool: SandboxPool | None = None
+        self._setup_lock = threading.Lock()
+
+    def setup(self) -> None:
+        """Start one sandbox zygote per worker (idempotent; ``judge`` calls it if needed)."""
+        with self._setup_lock:
+            if self._pool is None:
+                pool = SandboxPool(self.workers, self.limits, self.isolation)
+                pool.start()
+                self._pool = pool
+
+    def close(self) -> None:
+        with self._setup_lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    def judge(self, samples: Sequence[Sample]) -> list[Verdict]:
+        self.setup()
+        verdicts: list[Verdict | None] = [None] * len(samples)
+        jobs, waiting = [], []
+        for i, sample in enumerate(samples):
+            try:
+                tests, labels = build_tests(sample.metadata)
+            except MetadataError as exc:
+                verdicts[i] = errored("malformed_metadata", message=str(exc))
+                continue
+            jobs.append(Job(extract_code(sample.response), tuple(tests)))
+            waiting.append((i, labels))
+        results = self._pool.run_many(jobs) if jobs else []
+        for (i, labels), result in zip(waiting, results, strict=True):
+            verdicts[i] = verdict_for(result, labels)
+        return verdicts  # type: ignore[return-value]
+
+
+def verdict_for(result: RunResult, labels: Sequence[str]) -> Verdict:
+    """Map a sandbox run to pass / fail / error with a bounded, readable detail."""
+    if result.status == "ok":
+        return passed(tests=len(labels), duration_s=result.duration_s)
+    if result.status == "error":
+        return errored("sandbox", message=result.message)
+    index = result.failed_test
+    if index is not None and result.exc_type == "SyntaxError":
+        return errored("malformed_metadata", message=f"test {index} does not compile: {result.message}",
+                       test=_clip(labels[index]))
+    detail: dict[str, Any] = {"reason": _reason(result), "stage": "program" if index is None else "test"}
+    if index is not None:
+        detail |= {"test_index": index, "test": _clip(labels[index])}
+    if result.exc_type:
+        detail["exception"] = result.exc_type
+    if result.message:
+        detail["message"] = _clip(result.message)
+    if result.traceback:
+        detail["line"] = _clip(_failing_line(result, index))
+    detail["stderr"] = result.stderr[-_STDERR_TAIL:]
+    return failed(**detail)
+
+
+def _reason(result: RunResult) -> str:
+    if result.status in _LIMIT_REASONS:
+        return result.status
+    if result.failed_test is None:
+        return "syntax_error" if result.exc_type == "SyntaxError" else "program_raised"
+    return "wrong_answer" if result.exc_type == "AssertionError" else "test_raised"
+
+
+def _failing_line(result: RunResult, index: int | None) -> str:
+    """The innermost line of test code (check()'s failing assert), else the innermost line."""
+    frames = result.traceback
+    in_tests = [line for name, _, line in frames if name.startswith("<test")]
+    return (in_tests or [frames[-1][2]])[-1] if index is not None else frames[-1][2]
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _TEXT_MAX else text[: _TEXT_MAX - 3] + "..."

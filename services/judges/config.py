@@ -1,0 +1,68 @@
+"""Judge-service settings (``CGPO_JUDGES_*``), validated in one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from services.common.settings import load_env
+
+RULE_JUDGES = ("math", "code", "instructions", "refusal")
+LLM_JUDGES = ("false_refusal", "factuality", "safety")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    enabled: tuple[str, ...] = ()
+    """Judges this process serves (CGPO_JUDGES_ENABLED, comma-separated). Empty: every rule judge, plus the
+    LLM judges when an LLM judge model is set."""
+    processes: int = 0
+    """Worker processes of the math and code judges (CGPO_JUDGES_PROCESSES); 0 = one per CPU core."""
+    math_timeout_s: float = 5.0
+    """Hard wall-clock limit of one math equivalence check (CGPO_JUDGES_MATH_TIMEOUT_S)."""
+    code_timeout_s: float = 5.0
+    """Wall-clock limit of one sandboxed program (CGPO_JUDGES_CODE_TIMEOUT_S)."""
+    code_memory_mb: int = 512
+    """Address-space limit of one sandboxed program (CGPO_JUDGES_CODE_MEMORY_MB)."""
+    refusal_mode: Literal["must_not_refuse", "must_refuse"] = "must_not_refuse"
+    """Default mode of the `refusal` judge when an item's metadata names none (CGPO_JUDGES_REFUSAL_MODE)."""
+    llm_model: str | None = None
+    """Local path or model id of the LLM judge model (CGPO_JUDGES_LLM_MODEL). Unset: no LLM judges."""
+    llm_backend: Literal["hf", "vllm"] = "hf"
+    """Engine of the LLM judges (CGPO_JUDGES_LLM_BACKEND): transformers, or vLLM on GPUs."""
+    llm_batch_size: int = 16
+    """Prompts per forward pass of the LLM judges (CGPO_JUDGES_LLM_BATCH_SIZE)."""
+
+    def __post_init__(self) -> None:
+        known = RULE_JUDGES + LLM_JUDGES
+        unknown = [n for n in self.enabled if n not in known]
+        if unknown:
+            raise ValueError(f"CGPO_JUDGES_ENABLED names unknown judges {unknown}; known: {list(known)}")
+        llm = [n for n in self.enabled if n in LLM_JUDGES]
+        if llm and not self.llm_model:
+            raise ValueError(f"judges {llm} need CGPO_JUDGES_LLM_MODEL (the judge model's path or id)")
+        if self.llm_backend not in ("hf", "vllm"):
+            raise ValueError("CGPO_JUDGES_LLM_BACKEND must be 'hf' or 'vllm'")
+        if self.refusal_mode not in ("must_not_refuse", "must_refuse"):
+            raise ValueError("CGPO_JUDGES_REFUSAL_MODE must be 'must_not_refuse' or 'must_refuse'")
+        for name in ("math_timeout_s", "code_timeout_s", "code_memory_mb", "llm_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"CGPO_JUDGES_{name.upper()} must be > 0")
+        if self.processes < 0:
+            raise ValueError("CGPO_JUDGES_PROCESSES must be >= 0")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        if self.enabled:
+            return self.enabled
+        return RULE_JUDGES + (LLM_JUDGES if self.llm_model else ())
+
+    @property
+    def process_count(self) -> int:
+        return self.processes or os.cpu_count() or 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> JudgeConfig:
+        return load_env(cls, "CGPO_JUDGES_", env, **overrides)

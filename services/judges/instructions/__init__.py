@@ -1,0 +1,16 @@
+"""The ``instructions`` judge: IFEval's 25 verifiable instruction types (SPEC §2).
+
+Modules, by concern:
+
+* ``judge`` -- ``InstructionsJudge``: metadata in, one verdict per sample; strict and loose modes;
+* ``catalog`` -- instruction id -> checker and arguments; metadata validation;
+* ``checks`` -- the 25 checkers, each documenting IFEval's definition;
+* ``text`` -- IFEval's two word notions (``\\w+`` words, ``nltk.word_tokenize`` tokens);
+* ``sentences`` -- Punkt sentence splitting (IFEval's sentence counter);
+* ``language`` -- langdetect (seed 0), reimplemented bit-identically and faster.
+"""
+
+from services.judges.instructions.catalog import INSTRUCTIONS
+from services.judges.instructions.judge import InstructionsJudge
+
+__all__ = ["INSTRUCTIONS", "InstructionsJudge"]

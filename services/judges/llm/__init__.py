@@ -1,0 +1,20 @@
+"""LLM judges (false refusal, factuality, safety): compare two next-token probabilities (SPEC §2).
+
+Importing this package loads no torch, transformers or vllm: backends import them when they load.
+"""
+
+from services.judges.llm.backends import Backend, HFBackend, VLLMBackend
+from services.judges.llm.judge import LabelTokenError, LLMJudge, build_llm_judges
+from services.judges.llm.templates import TEMPLATES, JudgeTemplate, MissingMetadataError
+
+__all__ = [
+    "TEMPLATES",
+    "Backend",
+    "HFBackend",
+    "JudgeTemplate",
+    "LLMJudge",
+    "LabelTokenError",
+    "MissingMetadataError",
+    "VLLMBackend",
+    "build_llm_judges",
+]

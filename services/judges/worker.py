@@ -1,0 +1,25 @@
+"""``cgpo judges worker``: serve the judges queue from this process."""
+
+from __future__ import annotations
+
+import logging
+
+from services.common.settings import ServiceSettings
+from services.common.worker import Worker
+from services.judges.app import SERVICE
+from services.judges.config import JudgeConfig
+from services.judges.handler import JudgeHandler
+from services.judges.registry import build
+
+
+def run_worker(settings: ServiceSettings | None = None, config: JudgeConfig | None = None, *,
+               burst: bool = False) -> None:
+    settings = settings or ServiceSettings.from_env()
+    if not settings.redis_url:
+        raise SystemExit("cgpo judges worker needs CGPO_REDIS_URL (the queue to serve)")
+    handler = JudgeHandler(build(config or JudgeConfig.from_env()))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        Worker(handler, settings, SERVICE).run(burst=burst)
+    finally:
+        handler.close()
