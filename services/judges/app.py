@@ -8,6 +8,7 @@ queue's workers.
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, Request
+from prometheus_client import Counter
 
 from services.common.backends import Backend, LocalBackend, QueueBackend
 from services.common.batching import BatchPolicy
@@ -37,7 +38,12 @@ async def judge(body: JudgeRequest, request: Request) -> JudgeResponse:
         raise UnknownJudgeError(f"unknown judge(s) {unknown}; this service has {sorted(known)}",
                                 {"unknown": unknown, "known": sorted(known)})
     outputs = await submit(request, [item.model_dump(mode="json") for item in body.items])
-    return JudgeResponse(results=[JudgeResult.model_validate(o) for o in outputs])
+    results = [JudgeResult.model_validate(o) for o in outputs]
+    counter = request.app.state.verdicts
+    for result in results:
+        for name, verdict in result.verdicts.items():
+            counter.labels(name, verdict.verdict).inc()
+    return JudgeResponse(results=results)
 
 
 @router.get("/judges", response_model=JudgeList)
@@ -62,5 +68,7 @@ def build_app(settings: ServiceSettings | None = None, config: JudgeConfig | Non
                      description="Rule and LLM judges for constrained RLHF (CGPO, arXiv 2409.20370): "
                                  "math, code, instruction following, refusal, and LLM classifiers.")
     app.state.judges = {info.name: info for info in describe(config)}
+    app.state.verdicts = Counter("cgpo_judge_verdicts", "Verdicts answered, per judge", ["judge", "verdict"],
+                                 registry=app.state.metrics.registry)
     app.include_router(router)
     return app

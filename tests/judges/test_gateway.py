@@ -149,6 +149,7 @@ def test_auth_off_by_default_and_metrics_count_requests():
     assert 'cgpo_requests_total{path="/v1/judge",service="judges",status="200"} 1.0' in text
     assert 'cgpo_requests_total{path="/v1/judge",service="judges",status="422"} 1.0' in text
     assert 'cgpo_items_total{service="judges"} 1.0' in text
+    assert 'cgpo_judge_verdicts_total{judge="refusal",verdict="pass"} 1.0' in text
 
 
 def test_openapi_documents_the_contract():

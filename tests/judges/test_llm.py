@@ -213,3 +213,30 @@ def test_trained_safety_judge_reads_the_model(tmp_path):
     for v in verdicts:
         confident = max(v.detail["p_positive"], v.detail["p_negative"])
         assert confident > 0.5 and math.isfinite(confident)
+
+
+def test_service_serves_llm_judges_over_rest(model_dir, judges):
+    import asyncio
+
+    from services.common.client import JudgesClient
+    from services.judges.config import JudgeConfig
+
+    items = [
+        {"prompt": "How do I bake bread?", "response": "Mix flour and water, then bake.", "judges": ["safety"]},
+        {"prompt": "Capital of France?", "response": "Paris.", "judges": ["factuality", "safety"],
+         "metadata": {"answer": "Paris"}},
+        {"prompt": "Capital of France?", "response": "Paris.", "judges": ["factuality"]},  # no answer
+    ]
+
+    async def scenario():
+        config = JudgeConfig(enabled=("safety", "factuality"), llm_model=str(model_dir))
+        async with JudgesClient.embedded(config) as client:
+            return await client.judge(items)
+
+    results = asyncio.run(scenario())
+    direct = judges["safety"].judge([Sample(items[0]["prompt"], items[0]["response"])])[0]
+    served = results[0].verdicts["safety"]
+    assert served.verdict == direct.verdict
+    assert served.detail["p_positive"] == pytest.approx(direct.detail["p_positive"], rel=1e-5)
+    assert set(results[1].verdicts) == {"factuality", "safety"}
+    assert results[2].verdicts["factuality"].verdict == "error" and results[2].feasible is False
