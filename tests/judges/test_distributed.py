@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -15,28 +12,9 @@ import redis
 
 from services.common.keys import Keys
 from tests.conftest import free_port
+from tests.procs import answers_200, spawn, stop, wait_until
 
 SLOW_CODE = "```python\nimport time\ntime.sleep(0.6)\n\ndef answer():\n    return 42\n```"
-
-
-def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "cgpo", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-
-
-def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -53,7 +31,7 @@ def test_worker_killed_mid_batch_loses_no_accepted_request(stack_env, redis_url)
     procs.append(first_worker)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ok(f"{base}/readyz"), what="gateway ready with a worker")
+        wait_until(lambda: answers_200(f"{base}/readyz"), what="gateway ready with a worker")
         items = [[{"prompt": f"p{i}", "response": SLOW_CODE, "judges": ["code"],
                    "metadata": {"unit_tests": ["assert answer() == 42"]}},
                   {"prompt": f"p{i}", "response": "I'm sorry, I can't help.", "judges": ["refusal"]}]
@@ -67,7 +45,7 @@ def test_worker_killed_mid_batch_loses_no_accepted_request(stack_env, redis_url)
                                                          headers={"X-Request-ID": f"job-{i}"}))
                          for i, batch in enumerate(items)]
                 await asyncio.to_thread(wait_until, lambda: r.xpending(keys.stream, keys.group)["pending"] > 0,
-                                        10, "the first worker to claim a batch")
+                                        60, "the first worker to claim a batch")
                 os.killpg(first_worker.pid, signal.SIGKILL)  # mid-batch: its programs sleep 0.6 s
                 procs.extend(spawn(["judges", "worker"], stack_env) for _ in range(2))
                 return await asyncio.gather(*calls)
@@ -82,10 +60,3 @@ def test_worker_killed_mid_batch_loses_no_accepted_request(stack_env, redis_url)
     finally:
         for proc in procs:
             stop(proc)
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
