@@ -66,22 +66,11 @@ class JobFailedError(ServiceError):
     status, code = 500, "job_failed"
 
 
-_BY_CODE: dict[str, type[ServiceError]] = {
-    cls.code: cls
-    for cls in (
-        BadRequestError,
-        UnknownJudgeError,
-        UnknownModelError,
-        AuthError,
-        PayloadTooLargeError,
-        ValidationError,
-        RateLimitedError,
-        QueueFullError,
-        ServiceUnavailableError,
-        DeadlineExceededError,
-        JobFailedError,
-    )
-}
+def _subclasses(cls: type[ServiceError]) -> list[type[ServiceError]]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+_BY_CODE: dict[str, type[ServiceError]] = {cls.code: cls for cls in _subclasses(ServiceError)}
 
 
 def error_for(status: int, code: str, message: str, detail: Any = None) -> ServiceError:
