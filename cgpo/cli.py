@@ -15,12 +15,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     judges = sub.add_parser("judges", help="the judges service").add_subparsers(dest="action", required=True)
-    serve = judges.add_parser("serve", help="run the judges REST gateway (embedded judges unless CGPO_REDIS_URL)")
-    serve.add_argument("--host", default=os.environ.get("CGPO_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("CGPO_PORT", "8000")))
-    worker = judges.add_parser("worker", help="serve the judges queue on CGPO_REDIS_URL")
-    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    _add_listen(judges.add_parser("serve", help="run the judges REST gateway (embedded judges unless CGPO_REDIS_URL)"))
+    _add_burst(judges.add_parser("worker", help="serve the judges queue on CGPO_REDIS_URL"))
     judges.add_parser("demo", help="start the service on loopback and judge example responses over REST")
+
+    rm = sub.add_parser("rm", help="the reward-model service").add_subparsers(dest="action", required=True)
+    for action, text in (("serve", "run the reward-model REST gateway (embedded models unless CGPO_REDIS_URL)"),
+                         ("worker", "serve the reward-model queue on CGPO_REDIS_URL")):
+        p = rm.add_parser(action, help=text)
+        p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                       help="a reward model to serve (repeatable); default: CGPO_RM_MODELS")
+        if action == "serve":
+            _add_listen(p)
+        else:
+            _add_burst(p)
+    train = rm.add_parser("train", help="train a Bradley-Terry reward model on preference JSONL")
 
     one = sub.add_parser("judge", help="judge one response and print the verdicts as JSON")
     one.add_argument("prompt")
@@ -30,9 +39,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     one.add_argument("--url", default=None, help="a judges service to ask instead of judging in-process")
     one.add_argument("--api-key", default=os.environ.get("CGPO_API_KEY"))
 
+    from services.rm.train import add_arguments as add_train_arguments
+
+    add_train_arguments(train)
     args = parser.parse_args(argv)
     if args.command == "judges" and args.action == "serve":
-        return _serve_judges(args.host, args.port)
+        from services.judges.app import build_app
+
+        return _serve(build_app(), args.host, args.port)
+    if args.command == "rm":
+        return _rm(args, parser)
     if args.command == "judges" and args.action == "worker":
         from services.judges.worker import run_worker
 
@@ -48,12 +64,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _serve_judges(host: str, port: int) -> int:
+def _add_listen(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=os.environ.get("CGPO_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("CGPO_PORT", "8000")))
+
+
+def _add_burst(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+
+
+def _serve(app: object, host: str, port: int) -> int:
     import uvicorn
 
-    from services.judges.app import build_app
+    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("CGPO_LOG_LEVEL", "info"))
+    return 0
 
-    uvicorn.run(build_app(), host=host, port=port, log_level=os.environ.get("CGPO_LOG_LEVEL", "info"))
+
+def _rm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.action == "train":
+        from services.rm.train import run
+
+        return run(args)
+    from services.rm.config import RMConfig
+
+    try:
+        config = RMConfig.from_env(**({"models": tuple(args.model)} if args.model else {}))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.action == "serve":
+        from services.rm.app import build_app
+
+        try:
+            app = build_app(config=config)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return _serve(app, args.host, args.port)
+    from services.rm.worker import run_worker
+
+    run_worker(config=config, burst=args.burst)
     return 0
 
 

@@ -47,5 +47,10 @@ class Keys:
         return f"{self.prefix}:worker:{worker_id}"
 
     @property
+    def baseline_prefix(self) -> str:
+        """Prefix of cached baseline rewards: ``{prefix}:baseline:{sha256(model, prompt, baseline)}``."""
+        return f"{self.prefix}:baseline:"
+
+    @property
     def worker_pattern(self) -> str:
         return f"{self.prefix}:worker:*"

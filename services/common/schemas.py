@@ -99,3 +99,64 @@ class JobResult(Strict):
     id: str
     outputs: list[dict[str, Any]] | None = None
     error: ErrorBody | None = None
+
+
+# ---------------------------------------------------------------- reward models
+
+
+class ScoreItem(Strict):
+    prompt: str
+    response: str
+    baseline: str | None = Field(default=None, description="Reference response ā for the calibrated reward.")
+
+
+class ScoreRequest(Strict):
+    model: str = Field(description="Name of the reward model (GET /v1/models).")
+    items: list[ScoreItem] = Field(min_length=1)
+
+
+class ScoreResult(Strict):
+    reward: float = Field(description="Raw Bradley-Terry reward r(s, a).")
+    baseline_reward: float | None = Field(default=None, description="r(s, ā) when a baseline was given.")
+    calibrated: float | None = Field(default=None, description="σ(r(s, a) − r(s, ā)) when a baseline was given.")
+    truncated: bool = Field(description="The input exceeded the model's max length; the prompt's start was cut.")
+
+
+class ScoreResponse(Strict):
+    results: list[ScoreResult] = Field(description="One result per item, in request order.")
+
+
+class ModelInfo(Strict):
+    name: str
+    max_length: int
+    dtype: str
+    device: str
+
+
+class ModelList(Strict):
+    models: list[ModelInfo]
+
+
+class RewardQuery(BaseModel):
+    """OpenRLHF's remote reward-model request (`--remote_rm_url`): full texts, optional prompts and labels."""
+
+    model_config = ConfigDict(extra="ignore")
+    query: list[str] = Field(min_length=1, description="Full texts (prompt + response, already formatted).")
+    prompts: list[str] | None = Field(default=None, description="The prompt part of each query, if known.")
+    labels: list[Any] | None = Field(default=None, description="Accepted for compatibility; not used.")
+
+
+class RewardAnswer(Strict):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]] = Field(default_factory=dict)
+
+
+class RMItem(Strict):
+    """One scoring job item as queued (internal): a (prompt, response) pair, or a pre-formatted text."""
+
+    model: str
+    prompt: str
+    response: str = ""
+    baseline: str | None = None
+    text: str | None = Field(default=None, description="Pre-formatted full text (OpenRLHF protocol).")

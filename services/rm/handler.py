@@ -1,0 +1,82 @@
+"""The reward models' batch handler: raw and calibrated rewards for a batch of items.
+
+Per model, each distinct token sequence of the batch — responses and the
+baselines not already cached — is scored once, in length-sorted forward passes
+under a token budget. Baseline rewards go to the cache, so across requests a
+baseline is scored once per run, not once per rollout.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from services.common.schemas import RMItem, ScoreResult
+from services.rm.calibration import BaselineCache, baseline_key, calibrated
+from services.rm.config import RMConfig
+from services.rm.model import Encoded, RewardModel
+
+
+class RMHandler:
+    item_type = RMItem
+
+    def __init__(self, models: Mapping[str, RewardModel], cache: BaselineCache) -> None:
+        self.models = dict(models)
+        self.cache = cache
+
+    @classmethod
+    def from_config(cls, config: RMConfig, cache: BaselineCache) -> RMHandler:
+        models = {name: RewardModel(name, path, max_length=config.max_length, device=config.device or None,
+                                    dtype=config.dtype or None, max_batch_tokens=config.max_batch_tokens,
+                                    padding_side=config.padding_side)
+                  for name, path in config.named_paths.items()}
+        return cls(models, cache)
+
+    def setup(self) -> None:
+        for model in self.models.values():
+            model.load()
+
+    def close(self) -> None:
+        pass
+
+    def tokens(self, item: RMItem) -> int:
+        return 0
+
+    def predict(self, batch: Sequence[RMItem]) -> list[ScoreResult]:
+        results: list[ScoreResult | None] = [None] * len(batch)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, item in enumerate(batch):
+            groups[item.model].append(i)
+        for name, idx in groups.items():
+            model = self.models.get(name)
+            if model is None:
+                raise KeyError(f"reward model {name!r} is not served by this worker (it has {sorted(self.models)})")
+            for i, result in zip(idx, self._score(model, [batch[i] for i in idx]), strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _score(self, model: RewardModel, items: Sequence[RMItem]) -> list[ScoreResult]:
+        encoded = [model.encode_text(it.text, it.prompt or None) if it.text is not None
+                   else model.encode(it.prompt, it.response) for it in items]
+        model_id = f"{model.name}@{model.path}"
+        keys = [baseline_key(model_id, it.prompt, it.baseline) if it.baseline is not None else None for it in items]
+        cached = self.cache.get_many({k for k in keys if k is not None})
+        baselines: dict[str, Encoded] = {}
+        for it, key in zip(items, keys, strict=True):
+            if key is not None and key not in cached and key not in baselines:
+                baselines[key] = model.encode(it.prompt, it.baseline or "")
+        unique = list(dict.fromkeys([e.ids for e in encoded] + [e.ids for e in baselines.values()]))
+        score_of = dict(zip(unique, model.score(unique), strict=True))
+        fresh = {key: score_of[enc.ids] for key, enc in baselines.items()}
+        self.cache.put_many(fresh)
+        known = {**cached, **fresh}
+        results = []
+        for enc, key in zip(encoded, keys, strict=True):
+            reward = score_of[enc.ids]
+            if key is None:
+                results.append(ScoreResult(reward=reward, truncated=enc.truncated))
+            else:
+                base = known[key]
+                results.append(ScoreResult(reward=reward, baseline_reward=base,
+                                           calibrated=calibrated(reward, base), truncated=enc.truncated))
+        return results

@@ -1,0 +1,160 @@
+"""The reward-model service: scoring, calibration, baseline cache, OpenRLHF protocol, errors, queue mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+
+import httpx
+import pytest
+import redis
+
+from services.common.keys import Keys
+from services.common.settings import ServiceSettings
+from services.common.worker import Worker
+from services.rm.app import SERVICE, build_app, make_cache
+from services.rm.config import RMConfig
+from services.rm.handler import RMHandler
+from services.rm.model import RewardModel
+
+PROMPT = "What is the capital of France?"
+BASELINE = "The capital of France is Paris."
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: ServiceSettings, config: RMConfig):
+    app = build_app(settings, config)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+def handler_of(client) -> RMHandler:
+    return client.app.state.backend.handler
+
+
+def direct(rm_path, prompt: str, response: str) -> float:
+    model = RewardModel("x", str(rm_path))
+    model.load()
+    return model.score([model.encode(prompt, response).ids])[0]
+
+
+def test_score_returns_raw_and_calibrated_rewards(rm_path):
+    config = RMConfig(models=(f"helpful={rm_path}",))
+
+    async def scenario():
+        async with serve(ServiceSettings(), config) as client:
+            return (await client.post("/v1/score", json={"model": "helpful", "items": [
+                {"prompt": PROMPT, "response": "Paris.", "baseline": BASELINE},
+                {"prompt": PROMPT, "response": BASELINE, "baseline": BASELINE},
+                {"prompt": PROMPT, "response": "Lyon."},
+            ]})).json()["results"]
+
+    a, same, raw = asyncio.run(scenario())
+    assert a["reward"] == pytest.approx(direct(rm_path, PROMPT, "Paris."), abs=1e-5)
+    assert a["baseline_reward"] == pytest.approx(direct(rm_path, PROMPT, BASELINE), abs=1e-5)
+    assert a["calibrated"] == pytest.approx(1 / (1 + math.exp(-(a["reward"] - a["baseline_reward"]))), abs=1e-9)
+    assert same["calibrated"] == 0.5  # the baseline itself
+    assert raw["baseline_reward"] is None and raw["calibrated"] is None and raw["truncated"] is False
+
+
+def test_a_baseline_is_scored_once_across_many_requests(rm_path):
+    config = RMConfig(models=(f"helpful={rm_path}",))
+
+    async def scenario():
+        async with serve(ServiceSettings(), config) as client:
+            model = handler_of(client).models["helpful"]
+            start = model.sequences_scored
+            responses = [f"Answer number {i}: Paris." for i in range(12)]
+            calls = [client.post("/v1/score", json={"model": "helpful", "items": [
+                {"prompt": PROMPT, "response": r, "baseline": BASELINE}]}) for r in responses]
+            results = [r.json()["results"][0] for r in await asyncio.gather(*calls)]
+            again = (await client.post("/v1/score", json={"model": "helpful", "items": [
+                {"prompt": PROMPT, "response": responses[0], "baseline": BASELINE}] * 3})).json()["results"]
+            return results, again, model.sequences_scored - start
+
+    results, again, scored = asyncio.run(scenario())
+    # 12 distinct responses + the baseline once; the repeated request scores its (identical) item once more
+    assert scored == 12 + 1 + 1
+    assert len({r["baseline_reward"] for r in results + again}) == 1
+    assert again[0] == again[1] == again[2]
+
+
+def test_openrlhf_get_reward_round_trip(rm_path):
+    config = RMConfig(models=(f"helpful={rm_path}", f"safety={rm_path}"))
+    texts = ["<|user|>\nHi</s>\n<|assistant|>\nHello! How can I help?</s>", "plain text to score"]
+
+    async def scenario():
+        async with serve(ServiceSettings(), config) as client:
+            answer = await client.post("/get_reward", json={"query": texts, "prompts": ["<|user|>\nHi", ""],
+                                                            "labels": ["x", "y"]})
+            named = await client.post("/get_reward?model=safety", json={"query": texts})
+            mismatch = await client.post("/get_reward", json={"query": texts, "prompts": ["only one"]})
+            return answer, named, mismatch
+
+    answer, named, mismatch = asyncio.run(scenario())
+    body = answer.json()
+    model = RewardModel("x", str(rm_path))
+    model.load()
+    expected = [model.score([model.encode_text(t).ids])[0] for t in texts]
+    assert body["rewards"] == pytest.approx(expected, abs=1e-5) and body["scores"] == body["rewards"]
+    assert body["extra_logs"]["truncated"] == [0.0, 0.0]
+    assert named.json()["rewards"] == pytest.approx(expected, abs=1e-5)
+    assert mismatch.status_code == 400 and mismatch.json()["error"]["code"] == "bad_request"
+
+
+def test_models_list_and_errors(rm_path):
+    config = RMConfig(models=(f"helpful={rm_path}",), max_length=64)
+
+    async def scenario():
+        async with serve(ServiceSettings(max_items=4), config) as client:
+            return (await client.get("/v1/models"),
+                    await client.post("/v1/score", json={"model": "nope", "items": [{"prompt": "p", "response": "r"}]}),
+                    await client.post("/v1/score", json={"model": "helpful", "items": []}),
+                    await client.post("/v1/score", json={"model": "helpful", "items": [{"prompt": "p"}]}),
+                    await client.post("/v1/score", json={"model": "helpful",
+                                                         "items": [{"prompt": "p", "response": "r"}] * 5}),
+                    await client.post("/v1/score", json={"model": "helpful", "items": [
+                        {"prompt": "Tell me about Rome. " * 40, "response": "It is old."}]}))
+
+    listed, unknown, empty, missing, many, long = asyncio.run(scenario())
+    assert listed.json() == {"models": [{"name": "helpful", "max_length": 64, "dtype": "float32", "device": "cpu"}]}
+    assert unknown.status_code == 404 and unknown.json()["error"]["detail"]["known"] == ["helpful"]
+    assert empty.status_code == 422 and missing.status_code == 422 and many.status_code == 413
+    assert long.status_code == 200 and long.json()["results"][0]["truncated"] is True
+
+
+def test_build_app_without_models_is_a_clear_error():
+    with pytest.raises(ValueError, match="--model NAME=PATH"):
+        build_app(ServiceSettings(), RMConfig())
+
+
+def test_queue_mode_with_a_shared_redis_baseline_cache(rm_path, redis_url):
+    settings = ServiceSettings(redis_url=redis_url)
+    config = RMConfig(models=(f"helpful={rm_path}",))
+    handler = RMHandler.from_config(config, make_cache(settings, config))
+    worker = Worker(handler, settings, SERVICE)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+
+    async def scenario():
+        async with serve(settings, config) as client:
+            first = await client.post("/v1/score", json={"model": "helpful", "items": [
+                {"prompt": PROMPT, "response": "Paris.", "baseline": BASELINE}]})
+            second = await client.post("/v1/score", json={"model": "helpful", "items": [
+                {"prompt": PROMPT, "response": "Paris!", "baseline": BASELINE}]})
+            return first.json()["results"][0], second.json()["results"][0]
+
+    try:
+        first, second = asyncio.run(scenario())
+    finally:
+        worker.stop()
+        thread.join(5)
+    assert first["baseline_reward"] == second["baseline_reward"]
+    assert first["reward"] == pytest.approx(direct(rm_path, PROMPT, "Paris."), abs=1e-5)
+    cached = list(redis.Redis.from_url(redis_url).scan_iter(match=Keys(SERVICE).baseline_prefix + "*"))
+    assert len(cached) == 1
+    assert handler.models["helpful"].sequences_scored == 3  # 2 responses + 1 baseline
