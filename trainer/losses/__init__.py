@@ -1,0 +1,22 @@
+"""The three constrained optimizers' selection rules and losses (SPEC §4).
+
+Each loss is a pure function of sequence-level tensors that returns a NamedTuple whose
+first field ``loss`` is the scalar to backpropagate; the other fields are detached stats.
+"""
+
+from trainer.losses.codpo import CODPOLoss, CODPOSelection, codpo_loss, codpo_select
+from trainer.losses.crpg import CRPGLoss, crpg_loss
+from trainer.losses.crraft import CRRAFTLoss, CRRAFTSelection, crraft_loss, crraft_select
+
+__all__ = [
+    "CODPOLoss",
+    "CODPOSelection",
+    "CRPGLoss",
+    "CRRAFTLoss",
+    "CRRAFTSelection",
+    "codpo_loss",
+    "codpo_select",
+    "crpg_loss",
+    "crraft_loss",
+    "crraft_select",
+]

@@ -1,0 +1,93 @@
+"""CRPG — Calibrated-Regularized Policy Gradient (SPEC §4; Xu et al. 2024, arXiv 2409.20370).
+
+A REINFORCE step on the calibrated reward of feasible samples, clipped linearly by the
+sequence log-ratio and centred by the batch mean. Infeasible samples score 0, so whenever
+some feasible sample scores above 0 their advantage is negative and their likelihood goes down.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class CRPGLoss(NamedTuple):
+    """What `crpg_loss` returns. Only ``loss`` carries a gradient; the rest are (N,) stats."""
+
+    loss: Tensor
+    """() −mean(A · log π_w): backpropagate this."""
+    advantage: Tensor
+    """(N,) A = R̃_cr − mean(R̃_cr)."""
+    clipped_reward: Tensor
+    """(N,) R̃_cr = max(1 − ρ/KL_max, 0) · y · σ(r − r̄)."""
+    log_ratio: Tensor
+    """(N,) ρ = log π_w − log π_ref per sequence; its mean estimates KL(π_w ‖ π_ref)."""
+
+
+def crpg_loss(
+    logp: Tensor,
+    ref_logp: Tensor,
+    reward: Tensor,
+    baseline_reward: Tensor,
+    feasible: Tensor,
+    kl_max: float,
+) -> CRPGLoss:
+    r"""The CRPG loss over N = B·K samples of one task (SPEC §4, CRPG).
+
+    .. math::
+
+        ρ_i        &= \operatorname{sg}[\log π_w(a_i) − \log π_{ref}(a_i)]      \\
+        R_i        &= y_i · σ(r_i − \bar r_i)                                  \\
+        \tilde R_i &= \max(1 − ρ_i / KL_{max},\ 0) · R_i                        \\
+        A_i        &= \tilde R_i − \tfrac1N \textstyle\sum_j \tilde R_j           \\
+        L          &= −\tfrac1N \textstyle\sum_i A_i · \log π_w(a_i)
+
+    ``sg`` is stop-gradient: ρ and A are constants, so ∂L/∂log π_w(a_i) = −A_i / N.
+    The clip factor is not capped above: a sample with ρ < 0 gets a factor > 1, as in the paper.
+    If no sample is feasible every R̃ is 0, so every A is 0 and the step does nothing.
+    N = 0 gives a loss of 0 (never NaN). Samples whose verdict is ``error`` must be dropped
+    by the caller: ``feasible`` is a strict pass/fail.
+
+    Args:
+        logp: (N,) summed token log-probs under the policy, with grad.
+        ref_logp: (N,) the same under π_ref (detached here regardless).
+        reward: (N,) raw reward-model scores r(s, a).
+        baseline_reward: (N,) r(s, ā) of each sample's prompt baseline.
+        feasible: (N,) bool, y: every judge of the task passed the sample.
+        kl_max: KL_max > 0, the log-ratio at which the reward is clipped to 0.
+    """
+    _check_shapes((logp.numel(),), logp=logp, ref_logp=ref_logp, reward=reward,
+                  baseline_reward=baseline_reward, feasible=feasible)
+    _check_finite(reward=reward, baseline_reward=baseline_reward)
+    if not kl_max > 0:
+        raise ValueError(f"kl_max must be > 0, got {kl_max}")
+    log_ratio = logp.detach() - ref_logp.detach()  # (N,) ρ, no gradient (SPEC §4)
+    calibrated = torch.sigmoid(reward.detach() - baseline_reward.detach())  # (N,) in (0, 1)
+    constrained = torch.where(feasible, calibrated, 0.0)  # (N,) y · R_calib
+    clipped_reward = (1 - log_ratio / kl_max).clamp(min=0) * constrained  # (N,) R̃_cr
+    advantage = clipped_reward - _safe_mean(clipped_reward)  # (N,) batch-mean baseline
+    loss = _safe_mean(-advantage * logp)  # () mean over all N samples
+    return CRPGLoss(loss, advantage, clipped_reward, log_ratio)
+
+
+def _safe_mean(per_item: Tensor) -> Tensor:
+    """Mean over dim 0 that is 0, not NaN, when there are no items (and stays in the graph)."""
+    return per_item.sum() / max(per_item.shape[0], 1)
+
+
+def _check_finite(**tensors: Tensor) -> None:
+    """A NaN or ±inf reward would poison CRPG's batch mean or win/tie a masked arg-max (CODPO, CRRAFT)."""
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{name} must be finite")
+
+
+def _check_shapes(shape: tuple[int, ...], **tensors: Tensor) -> None:
+    """Fail loudly on a shape mismatch (broadcasting would silently mix samples) or a non-bool mask."""
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
+        if name.endswith("feasible") and tensor.dtype != torch.bool:
+            raise TypeError(f"{name} must be a bool tensor, got {tensor.dtype}")
