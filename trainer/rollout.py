@@ -1,0 +1,162 @@
+"""Rollout engines: K sampled responses per prompt from the current policy (SPEC §1, §4).
+
+``HFRollout`` samples with a transformers causal LM in this process, in its own loop over a KV cache
+rather than ``model.generate``: it draws from a ``torch.Generator`` (reproducible without touching the
+global RNG), applies exactly ``GenerationConfig``'s temperature and top-p (not the checkpoint's
+``generation_config.json`` defaults), and records the log-prob of each drawn token under the
+distribution it was drawn from. A vLLM engine implements the same ``RolloutEngine`` protocol.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from trainer.config import GenerationConfig
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """N = B·K samples, prompt-major: sample j of prompt i is row i·K + j. All fields have length N."""
+
+    prompt_index: list[int]
+    """Index of the sample's prompt in the ``prompt_ids`` passed to ``generate``."""
+    prompt_ids: list[list[int]]
+    """The prompt's token ids (unpadded)."""
+    response_ids: list[list[int]]
+    """Generated ids, ending with the EOS token if one was drawn; nothing after it (no padding)."""
+    text: list[str]
+    """The response decoded without special tokens."""
+    sampling_logprobs: list[float]
+    """Σ_t log q(a_t | prefix), q = softmax(logits / T) restricted to the top-p nucleus and renormalised:
+    the distribution actually sampled from. Equals ``sequence_logprobs`` at the same temperature when
+    top_p = 1; larger (q renormalises over the nucleus) when top_p < 1. ρ uses ``sequence_logprobs``."""
+    finished: list[bool]
+    """The response ended with EOS (False: cut at ``max_new_tokens``)."""
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the trainer needs from a generation engine (HF here; vLLM later, same ``Rollouts``)."""
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], k: int, seed: int) -> Rollouts:
+        """K samples for each prompt (token ids, already rendered), reproducible given ``seed``."""
+        ...
+
+
+class HFRollout:
+    """Batched sampling from a transformers causal LM: left padding, KV cache, per-sequence EOS.
+
+    All B·K rows are sampled together unless ``max_batch_rows`` bounds the rows per forward pass.
+    The model runs in eval mode while generating and its training flag is restored afterwards.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, generation_config: GenerationConfig,
+                 max_batch_rows: int | None = None) -> None:
+        generation_config.validate()
+        self.model, self.tokenizer, self.config = model, tokenizer, generation_config
+        self.max_batch_rows = max_batch_rows
+        self.eos_ids = _eos_ids(model, tokenizer)
+        if not self.eos_ids:
+            raise ValueError("neither the tokenizer nor the model's generation config names an EOS token")
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.eos_ids)
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], k: int, seed: int) -> Rollouts:
+        import torch
+
+        if k < 1 or any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("generate needs k >= 1 and non-empty prompts")
+        rows = [list(p) for p in prompt_ids for _ in range(k)]  # prompt-major
+        generator = torch.Generator(device=self.model.device).manual_seed(seed)
+        step = self.max_batch_rows or max(len(rows), 1)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            responses, logprobs = [], []
+            for start in range(0, len(rows), step):
+                ids, lps = self._sample(rows[start:start + step], generator)
+                responses += ids
+                logprobs += lps
+        finally:
+            self.model.train(was_training)
+        return Rollouts(
+            prompt_index=[i // k for i in range(len(rows))],
+            prompt_ids=rows,
+            response_ids=responses,
+            text=[self.tokenizer.decode(r, skip_special_tokens=True) for r in responses],
+            sampling_logprobs=logprobs,
+            finished=[bool(r) and r[-1] in self.eos_ids for r in responses],
+        )
+
+    def _sample(self, rows: list[list[int]], generator: Any) -> tuple[list[list[int]], list[float]]:
+        """One batch of rows: left-padded prefill, then one token per step until EOS or the limit."""
+        import torch
+        from transformers import DynamicCache
+
+        device, cfg = self.model.device, self.config
+        width = max(len(r) for r in rows)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=device)  # (N, P)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)  # (N, P)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
+        eos = torch.tensor(sorted(self.eos_ids), device=device)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)  # (N,)
+        total = torch.zeros(len(rows), dtype=torch.float32, device=device)  # (N,) summed log q
+        tokens = []
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            for _ in range(cfg.max_new_tokens):
+                out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                 use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
+                logq = _processed_logprobs(out.logits[:, -1, :].float(), cfg.temperature, cfg.top_p)  # (N, V)
+                token = torch.multinomial(logq.exp(), 1, generator=generator).squeeze(-1)  # (N,)
+                token = torch.where(done, self.pad_id, token)
+                total += torch.where(done, 0.0, logq.gather(-1, token[:, None]).squeeze(-1))
+                tokens.append(token)
+                done |= torch.isin(token, eos)
+                if done.all():
+                    break
+                input_ids = token[:, None]
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+                positions = positions[:, -1:] + 1
+        drawn = torch.stack(tokens, dim=1).tolist()  # (N, T)
+        return [_cut_at_eos(r, self.eos_ids) for r in drawn], total.tolist()
+
+
+def _processed_logprobs(logits: Any, temperature: float, top_p: float) -> Any:
+    """log q for q = softmax(logits / T) kept to the smallest top set with mass >= top_p, renormalised.
+
+    Same rule as transformers' ``TopPLogitsWarper`` (ascending sort, drop the tail whose cumulative mass
+    is <= 1 − top_p, always keep the top token); top_p = 1 keeps every token.
+    """
+    import torch
+
+    logits = logits / temperature  # (N, V)
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1)  # ascending
+        tail = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+        tail[:, -1] = False
+        logits = logits.masked_fill(tail.scatter(-1, order, tail), float("-inf"))
+    return torch.log_softmax(logits, dim=-1)
+
+
+def _cut_at_eos(tokens: list[int], eos_ids: frozenset[int]) -> list[int]:
+    for i, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: i + 1]
+    return tokens
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """EOS ids from the tokenizer and the model's generation config (Llama 3 lists several)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured}
+    return frozenset(i for i in ids if i is not None)
