@@ -21,7 +21,18 @@ import httpx
 from pydantic import BaseModel
 
 from services.common.errors import DeadlineExceededError, ServiceError, ServiceUnavailableError, error_for
-from services.common.schemas import JudgeItem, JudgeList, JudgeRequest, JudgeResponse, JudgeResult
+from services.common.schemas import (
+    JudgeItem,
+    JudgeList,
+    JudgeRequest,
+    JudgeResponse,
+    JudgeResult,
+    ModelList,
+    ScoreItem,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreResult,
+)
 
 R = TypeVar("R", bound=BaseModel)
 RETRY_STATUS = {429, 503}
@@ -126,4 +137,30 @@ class JudgesClient(ServiceClient):
 
         settings = settings or ServiceSettings.from_env(redis_url=None)
         app = build_app(settings, config or JudgeConfig.from_env())
+        return cls("http://embedded", transport=httpx.ASGITransport(app=app), app=app, **kwargs)
+
+
+class RewardClient(ServiceClient):
+    """Client of the reward-model service (`POST /v1/score`, `GET /v1/models`)."""
+
+    async def score(self, model: str, items: Sequence[ScoreItem | dict[str, Any]], *,
+                    request_id: str | None = None, timeout_s: float | None = None) -> list[ScoreResult]:
+        body = ScoreRequest(model=model, items=[ScoreItem.model_validate(i) for i in items])
+        response = await self.request("POST", "/v1/score", ScoreResponse, body, request_id=request_id,
+                                      timeout_s=timeout_s)
+        return response.results
+
+    async def models(self) -> ModelList:
+        return await self.request("GET", "/v1/models", ModelList)
+
+    @classmethod
+    def embedded(cls, models: dict[str, str], settings: Any = None, **kwargs: Any) -> RewardClient:
+        """A client of reward models running in this process: ``models`` maps names to paths."""
+        from services.common.settings import ServiceSettings
+        from services.rm.app import build_app
+        from services.rm.config import RMConfig
+
+        settings = settings or ServiceSettings.from_env(redis_url=None)
+        config = RMConfig.from_env(models=tuple(f"{name}={path}" for name, path in models.items()))
+        app = build_app(settings, config)
         return cls("http://embedded", transport=httpx.ASGITransport(app=app), app=app, **kwargs)

@@ -158,3 +158,21 @@ def test_queue_mode_with_a_shared_redis_baseline_cache(rm_path, redis_url):
     cached = list(redis.Redis.from_url(redis_url).scan_iter(match=Keys(SERVICE).baseline_prefix + "*"))
     assert len(cached) == 1
     assert handler.models["helpful"].sequences_scored == 3  # 2 responses + 1 baseline
+
+
+def test_reward_client_embedded_matches_direct_scores(rm_path):
+    from services.common.client import RewardClient
+    from services.common.errors import UnknownModelError
+
+    async def scenario():
+        async with RewardClient.embedded({"helpful": str(rm_path)}) as client:
+            listed = await client.models()
+            results = await client.score("helpful", [{"prompt": PROMPT, "response": "Paris.", "baseline": BASELINE}])
+            with pytest.raises(UnknownModelError):
+                await client.score("nope", [{"prompt": PROMPT, "response": "x"}])
+            return listed, results
+
+    listed, [result] = asyncio.run(scenario())
+    assert [m.name for m in listed.models] == ["helpful"]
+    assert result.reward == pytest.approx(direct(rm_path, PROMPT, "Paris."), abs=1e-5)
+    assert result.calibrated == pytest.approx(1 / (1 + math.exp(-(result.reward - result.baseline_reward))))
