@@ -1,0 +1,53 @@
+import asyncio
+import math
+
+import pytest
+
+from trainer.config import ServiceRef, TaskConfig
+from trainer.data import Prompt
+from trainer.scoring import ScoringError, Services, score_tasks
+from tests.rm.conftest import tiny_rm
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    return str(tiny_rm(tmp_path_factory.mktemp("rm")))
+
+
+def test_all_tasks_are_scored_concurrently_with_verdicts_and_calibrated_rewards(rm_dir):
+    math_task = TaskConfig(name="math", prompts="-", reward_model=ServiceRef(embedded=rm_dir), judges=["math"])
+    chat_task = TaskConfig(name="chat", prompts="-", reward_model=ServiceRef(embedded=rm_dir), judges=[])
+    prompts = [Prompt("a", "What is 2+2?", {"answer": "4"}), Prompt("b", "What is 3+3?", {"answer": "6"})]
+    texts = ["The final answer is 4.", "The final answer is 5.", "The final answer is 6.", "six"]
+    index = [0, 0, 1, 1]
+    baselines = ["4", "6"]
+
+    async def scenario():
+        async with Services([math_task, chat_task]) as services:
+            return await score_tasks(services, {
+                "math": (math_task, prompts, texts, index, baselines),
+                "chat": (chat_task, prompts[:1], ["Hello!"], [0], ["Hi."]),
+            })
+
+    out = asyncio.run(scenario())
+    scores = out["math"]
+    assert scores.feasible == [True, False, True, False]
+    assert scores.judge_rates() == {"math": {"pass_rate": 0.5, "error_rate": 0.0}}
+    for r, b, c in zip(scores.reward, scores.baseline_reward, scores.calibrated):
+        assert c == pytest.approx(1 / (1 + math.exp(-(r - b))))
+    assert scores.baseline_reward[0] == scores.baseline_reward[1] != scores.baseline_reward[2]
+    assert out["chat"].feasible == [True] and out["chat"].verdicts == [{}]
+
+
+def test_an_unreachable_service_stops_scoring_with_a_clear_error(rm_dir):
+    task = TaskConfig(name="math", prompts="-", reward_model=ServiceRef(url="http://127.0.0.1:9", model="m"),
+                      judges=["math"])
+
+    async def scenario():
+        async with Services([task]) as services:
+            services.reward_model(task)[0].max_retries = 1
+            return await score_tasks(services, {"math": (task, [Prompt("a", "q", {"answer": "1"})], ["x"], [0],
+                                                         ["1"])})
+
+    with pytest.raises(ScoringError, match="math.*ServiceUnavailableError"):
+        asyncio.run(scenario())
