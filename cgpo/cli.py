@@ -29,7 +29,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             _add_listen(p)
         else:
             _add_burst(p)
-    train = rm.add_parser("train", help="train a Bradley-Terry reward model on preference JSONL")
+    rm_train = rm.add_parser("train", help="train a Bradley-Terry reward model on preference JSONL")
+
+    train = sub.add_parser("train", help="train a policy with CGPO from a YAML run config")
+    train.add_argument("config", help="YAML run config")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-5 tasks.math.k=8")
+    train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint on the tasks' eval prompts")
+    evaluate.add_argument("config")
+    evaluate.add_argument("overrides", nargs="*")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint directory written by cgpo train")
 
     one = sub.add_parser("judge", help="judge one response and print the verdicts as JSON")
     one.add_argument("prompt")
@@ -41,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from services.rm.train import add_arguments as add_train_arguments
 
-    add_train_arguments(train)
+    add_train_arguments(rm_train)
     args = parser.parse_args(argv)
     if args.command == "judges" and args.action == "serve":
         from services.judges.app import build_app
@@ -49,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(build_app(), args.host, args.port)
     if args.command == "rm":
         return _rm(args, parser)
+    if args.command in ("train", "eval"):
+        return _train(args, parser)
     if args.command == "judges" and args.action == "worker":
         from services.judges.worker import run_worker
 
@@ -77,6 +88,26 @@ def _serve(app: object, host: str, port: int) -> int:
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level=os.environ.get("CGPO_LOG_LEVEL", "info"))
+    return 0
+
+
+def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from pathlib import Path
+
+    from trainer.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ConfigError, OSError) as exc:
+        parser.error(str(exc))
+    if args.command == "train":
+        from trainer.loop import train
+
+        train(config, resume=not args.no_resume)
+        return 0
+    from trainer.loop import eval_checkpoint
+
+    print(json.dumps(eval_checkpoint(config, Path(args.checkpoint)), indent=2))
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,26 @@ from trainer.config import TaskConfig
 from trainer.data import Prompt
 
 JUDGE_CHUNK = 256  # items per judge request: several requests per task keep the workers busy
+
+
+class ServiceLoop:
+    """An event loop on a background thread: the synchronous training loop runs coroutines on it.
+
+    The services' clients (and the embedded apps' batchers) live on this one loop for the whole run.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="cgpo-services", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
 
 
 class ScoringError(RuntimeError):
