@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train.add_argument("config", help="YAML run config")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-5 tasks.math.k=8")
     train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    warm = sub.add_parser("warmup", help="DPO warm-up of a policy on preference JSONL (CGPO's starting point)")
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on the tasks' eval prompts")
     evaluate.add_argument("config")
     evaluate.add_argument("overrides", nargs="*")
@@ -51,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from services.rm.train import add_arguments as add_train_arguments
 
     add_train_arguments(rm_train)
+    from trainer.warmup import add_arguments as add_warmup_arguments
+
+    add_warmup_arguments(warm)
     args = parser.parse_args(argv)
     if args.command == "judges" and args.action == "serve":
         from services.judges.app import build_app
@@ -58,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(build_app(), args.host, args.port)
     if args.command == "rm":
         return _rm(args, parser)
+    if args.command == "warmup":
+        from trainer.warmup import run
+
+        return run(args)
     if args.command in ("train", "eval"):
         return _train(args, parser)
     if args.command == "judges" and args.action == "worker":
