@@ -151,7 +151,11 @@ class RunConfig:
     output_dir: str = "runs/cgpo"
     """Metrics (JSONL, TensorBoard), checkpoints and cached baselines go here."""
     unconstrained_baseline: bool = False
-    """Ignore judges and per-task optimizers: RM-only policy gradient (the paper's PPO-style baseline)."""
+    """Ignore judges and per-task optimizers: RM-only policy gradient (the paper's PPO-style baseline).
+    Judges still run, for the metrics."""
+    unified_reward_model: ServiceRef | None = None
+    """With ``unconstrained_baseline``: the one reward model that scores every task (the paper's single
+    unified RM). Unset: each task keeps its own."""
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -159,6 +163,11 @@ class RunConfig:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"tasks have duplicate names: {names}")
+        if self.unified_reward_model is not None:
+            if not self.unconstrained_baseline:
+                raise ConfigError("unified_reward_model is only used with unconstrained_baseline: true")
+            for task in self.tasks:
+                task.reward_model = self.unified_reward_model
         for task in self.tasks:
             task.validate(f"tasks.{task.name}")
         self.generation.validate()
@@ -216,7 +225,7 @@ def build(cls: type, raw: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown field(s) {[_join(where, u) for u in unknown]}; known: {sorted(hints)}")
     nested = {"generation": GenerationConfig, "optim": OptimConfig, "reward_model": ServiceRef,
-              "judge_service": ServiceRef}
+              "judge_service": ServiceRef, "unified_reward_model": ServiceRef}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         path = _join(where, key)

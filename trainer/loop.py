@@ -60,6 +60,8 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
                                 samplers=samplers)
         log(f"resumed from {checkpoint_dir} at step {start}")
     records: list[dict[str, float]] = []
+    board = _tensorboard(out)
+    bar = _progress(start, config.steps)
     try:
         with (out / "metrics.jsonl").open("a") as metrics_file:
             for step in range(start, config.steps):
@@ -71,6 +73,11 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 records.append(record)
+                if board is not None:
+                    for key, value in record.items():
+                        board.add_scalar(key, value, step + 1)
+                if bar is not None:
+                    bar.update(1)
                 log(progress_line(config, record))
                 if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                     save_checkpoint(checkpoint_dir, step=step + 1, policy=policy, tokenizer=tokenizer,
@@ -78,6 +85,10 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
     finally:
         loop.run(services.__aexit__())
         loop.close()
+        if board is not None:
+            board.close()
+        if bar is not None:
+            bar.close()
     return records
 
 
@@ -179,6 +190,24 @@ def progress_line(config: RunConfig, record: dict[str, float]) -> str:
         parts.append(f"{t.name}: feasible {record[f'{t.name}/feasible_rate']:.2f} "
                      f"reward {record[f'{t.name}/reward']:+.3f} kl {record[f'{t.name}/kl']:+.3f}")
     return " | ".join(parts)
+
+
+def _tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; metrics.jsonl has everything
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _progress(start: int, total: int) -> Any:
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
 
 def _mean(values: list[Any]) -> float:

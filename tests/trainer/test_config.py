@@ -66,3 +66,10 @@ def test_missing_required_fields_and_duplicate_tasks(tmp_path):
     p.write_text(BASE.replace("name: chat", "name: math"))
     with pytest.raises(ConfigError, match="duplicate"):
         load_config(p)
+
+
+def test_unified_reward_model_replaces_every_tasks_rm_in_the_baseline(path):
+    config = load_config(path, ["unconstrained_baseline=true", "unified_reward_model={embedded: ./one-rm}"])
+    assert {t.reward_model.embedded for t in config.tasks} == {"./one-rm"}
+    with pytest.raises(ConfigError, match="unconstrained_baseline"):
+        load_config(path, ["unified_reward_model={embedded: ./one-rm}"])
