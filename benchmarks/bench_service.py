@@ -17,21 +17,17 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.stack import Stack as ProcessStack  # noqa: E402
+from benchmarks.stack import percentiles, service_env  # noqa: E402
 from services.common.schemas import JudgeItem  # noqa: E402
 from services.judges.config import JudgeConfig  # noqa: E402
 from services.judges.handler import JudgeHandler  # noqa: E402
@@ -56,17 +52,6 @@ def workload(judge: str, n: int) -> list[dict]:
                  "judges": ["refusal"]}, {"prompt": "Help?", "response": "I'm sorry, but I can't help with that.",
                                           "judges": ["refusal"]}]
     return [base[i % len(base)] for i in range(n)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentiles(samples_s: list[float]) -> dict[str, float]:
-    ms = sorted(x * 1000 for x in samples_s)
-    return {"p50_ms": round(statistics.median(ms), 3), "p95_ms": round(ms[int(0.95 * (len(ms) - 1))], 3)}
 
 
 def in_process(judge: str, items: list[dict], batch: int) -> dict:
@@ -126,44 +111,12 @@ async def post(session: aiohttp.ClientSession, items: list[dict]) -> None:
             raise RuntimeError(f"{response.status}: {body[:300]!r}")
 
 
-class Stack:
+class Stack(ProcessStack):
     """redis-server + gateway + workers as separate processes."""
 
     def __init__(self, judge: str, workers: int, redis: bool) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CGPO_")}
-        env.update(PYTHONPATH=str(REPO), CGPO_JUDGES_ENABLED=judge, CGPO_LOG_LEVEL="warning",
-                   CGPO_JUDGES_PROCESSES="1")
-        if redis:
-            redis_port = free_port()
-            self._spawn([shutil.which("redis-server"), "--port", str(redis_port), "--save", "", "--appendonly", "no"],
-                        env)
-            env["CGPO_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-        self._spawn([sys.executable, "-m", "cgpo", "judges", "serve", "--port", str(self.port)], env)
-        for _ in range(workers if redis else 0):
-            self._spawn([sys.executable, "-m", "cgpo", "judges", "worker"], env)
-        self.base = f"http://127.0.0.1:{self.port}"
-        self._wait_ready()
-
-    def _spawn(self, cmd: list[str], env: dict[str, str]) -> None:
-        self.procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True))
-
-    def _wait_ready(self) -> None:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("service did not become ready")
-
-    def close(self) -> None:
-        for proc in reversed(self.procs):
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            proc.wait(10)
+        env = service_env(CGPO_JUDGES_ENABLED=judge, CGPO_JUDGES_PROCESSES="1")
+        super().__init__(["judges", "serve"], ["judges", "worker"], env, workers=workers, redis=redis)
 
 
 def main() -> None:
