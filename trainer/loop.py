@@ -39,6 +39,8 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
     tokenizer, policy, reference = load_models(config)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
+    if config.generation.engine != "hf":
+        raise NotImplementedError("generation.engine 'vllm' is not wired into the training loop yet; use 'hf'")
     engine = HFRollout(policy, tokenizer, config.generation)
 
     # ---- data, services, baselines (sampled from π_ref once, before training)

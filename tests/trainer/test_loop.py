@@ -81,3 +81,9 @@ def test_an_interrupted_run_resumes_with_identical_metrics(world):
     for a, b in zip(full, resumed, strict=True):
         keys = [k for k in a if not k.startswith("time/")]
         assert {k: a[k] for k in keys} == pytest.approx({k: b[k] for k in keys}, rel=1e-5, abs=1e-6)
+
+
+def test_an_engine_the_loop_cannot_run_is_refused_not_replaced(world):
+    config = load_config(write_config(world, "vllm-engine"), ["generation.engine=vllm"])
+    with pytest.raises(NotImplementedError, match="vllm"):
+        train(config, resume=False, log=lambda _: None)
