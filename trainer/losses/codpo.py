@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.losses.tensors import check_finite, check_shapes, masked_argmax, safe_mean
+
 
 class CODPOSelection(NamedTuple):
     """What `codpo_select` returns; rows with ``valid`` False are skipped (their indices are 0)."""
@@ -56,11 +58,11 @@ def codpo_select(reward: Tensor, feasible: Tensor) -> CODPOSelection:
     """
     if reward.dim() != 2:
         raise ValueError(f"reward must be (B, K), got shape {tuple(reward.shape)}")
-    _check_shapes(tuple(reward.shape), feasible=feasible)
-    _check_finite(reward=reward)
+    check_shapes(tuple(reward.shape), feasible=feasible)
+    check_finite(reward=reward)
     infeasible = ~feasible  # (B, K)
-    chosen = _masked_argmax(reward, feasible)  # (B,)
-    worst_infeasible = _masked_argmax(-reward, infeasible)  # (B,)
+    chosen = masked_argmax(reward, feasible)  # (B,)
+    worst_infeasible = masked_argmax(-reward, infeasible)  # (B,)
     worst = reward.argmin(dim=1)  # (B,) fallback when every sample is feasible
     rejected = torch.where(infeasible.any(dim=1), worst_infeasible, worst)  # (B,)
     valid = feasible.any(dim=1) & (chosen != rejected)  # (B,)
@@ -96,7 +98,7 @@ def codpo_loss(
         beta: β > 0, the DPO temperature.
         lam: λ ≥ 0, the weight of the length-normalised NLL on a⁺.
     """
-    _check_shapes((logp_chosen.numel(),), logp_chosen=logp_chosen, ref_logp_chosen=ref_logp_chosen,
+    check_shapes((logp_chosen.numel(),), logp_chosen=logp_chosen, ref_logp_chosen=ref_logp_chosen,
                   logp_rejected=logp_rejected, ref_logp_rejected=ref_logp_rejected, chosen_len=chosen_len)
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
@@ -105,31 +107,5 @@ def codpo_loss(
     margin = (logp_chosen - ref_logp_chosen.detach()) - (logp_rejected - ref_logp_rejected.detach())  # (M,) Δ
     preference_loss = -F.logsigmoid(beta * margin)  # (M,)
     nll_loss = -(lam / chosen_len.clamp(min=1).to(logp_chosen.dtype)) * logp_chosen  # (M,)
-    loss = _safe_mean(preference_loss + nll_loss)  # () mean over the M pairs
+    loss = safe_mean(preference_loss + nll_loss)  # () mean over the M pairs
     return CODPOLoss(loss, margin.detach(), preference_loss.detach(), nll_loss.detach())
-
-
-def _masked_argmax(values: Tensor, mask: Tensor) -> Tensor:
-    """(B, K) → (B,) index of the largest value where ``mask``; first one on ties; 0 if none."""
-    return torch.where(mask, values, float("-inf")).argmax(dim=1)
-
-
-def _safe_mean(per_item: Tensor) -> Tensor:
-    """Mean over dim 0 that is 0, not NaN, when there are no items (and stays in the graph)."""
-    return per_item.sum() / max(per_item.shape[0], 1)
-
-
-def _check_finite(**tensors: Tensor) -> None:
-    """A NaN or ±inf reward would poison CRPG's batch mean or win/tie a masked arg-max (CODPO, CRRAFT)."""
-    for name, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{name} must be finite")
-
-
-def _check_shapes(shape: tuple[int, ...], **tensors: Tensor) -> None:
-    """Fail loudly on a shape mismatch (broadcasting would silently mix samples) or a non-bool mask."""
-    for name, tensor in tensors.items():
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
-        if name.endswith("feasible") and tensor.dtype != torch.bool:
-            raise TypeError(f"{name} must be a bool tensor, got {tensor.dtype}")

@@ -12,6 +12,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from trainer.losses.tensors import check_finite, check_shapes, safe_mean
+
 
 class CRPGLoss(NamedTuple):
     """What `crpg_loss` returns. Only ``loss`` carries a gradient; the rest are (N,) stats."""
@@ -58,36 +60,15 @@ def crpg_loss(
         feasible: (N,) bool, y: every judge of the task passed the sample.
         kl_max: KL_max > 0, the log-ratio at which the reward is clipped to 0.
     """
-    _check_shapes((logp.numel(),), logp=logp, ref_logp=ref_logp, reward=reward,
+    check_shapes((logp.numel(),), logp=logp, ref_logp=ref_logp, reward=reward,
                   baseline_reward=baseline_reward, feasible=feasible)
-    _check_finite(reward=reward, baseline_reward=baseline_reward)
+    check_finite(reward=reward, baseline_reward=baseline_reward)
     if not kl_max > 0:
         raise ValueError(f"kl_max must be > 0, got {kl_max}")
     log_ratio = logp.detach() - ref_logp.detach()  # (N,) ρ, no gradient (SPEC §4)
     calibrated = torch.sigmoid(reward.detach() - baseline_reward.detach())  # (N,) in (0, 1)
     constrained = torch.where(feasible, calibrated, 0.0)  # (N,) y · R_calib
     clipped_reward = (1 - log_ratio / kl_max).clamp(min=0) * constrained  # (N,) R̃_cr
-    advantage = clipped_reward - _safe_mean(clipped_reward)  # (N,) batch-mean baseline
-    loss = _safe_mean(-advantage * logp)  # () mean over all N samples
+    advantage = clipped_reward - safe_mean(clipped_reward)  # (N,) batch-mean baseline
+    loss = safe_mean(-advantage * logp)  # () mean over all N samples
     return CRPGLoss(loss, advantage, clipped_reward, log_ratio)
-
-
-def _safe_mean(per_item: Tensor) -> Tensor:
-    """Mean over dim 0 that is 0, not NaN, when there are no items (and stays in the graph)."""
-    return per_item.sum() / max(per_item.shape[0], 1)
-
-
-def _check_finite(**tensors: Tensor) -> None:
-    """A NaN or ±inf reward would poison CRPG's batch mean or win/tie a masked arg-max (CODPO, CRRAFT)."""
-    for name, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{name} must be finite")
-
-
-def _check_shapes(shape: tuple[int, ...], **tensors: Tensor) -> None:
-    """Fail loudly on a shape mismatch (broadcasting would silently mix samples) or a non-bool mask."""
-    for name, tensor in tensors.items():
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
-        if name.endswith("feasible") and tensor.dtype != torch.bool:
-            raise TypeError(f"{name} must be a bool tensor, got {tensor.dtype}")

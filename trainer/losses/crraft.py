@@ -12,6 +12,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from trainer.losses.tensors import check_finite, check_shapes, masked_argmax, safe_mean
+
 
 class CRRAFTSelection(NamedTuple):
     """What `crraft_select` returns; rows with ``valid`` False are skipped (index 0, weight 0)."""
@@ -60,14 +62,14 @@ def crraft_select(
     """
     if reward.dim() != 2:
         raise ValueError(f"reward must be (B, K), got shape {tuple(reward.shape)}")
-    _check_shapes(tuple(reward.shape), feasible=feasible, log_ratio=log_ratio)
-    _check_shapes(tuple(reward.shape[:1]), baseline_reward=baseline_reward, baseline_feasible=baseline_feasible)
-    _check_finite(reward=reward, baseline_reward=baseline_reward)
+    check_shapes(tuple(reward.shape), feasible=feasible, log_ratio=log_ratio)
+    check_shapes(tuple(reward.shape[:1]), baseline_reward=baseline_reward, baseline_feasible=baseline_feasible)
+    check_finite(reward=reward, baseline_reward=baseline_reward)
     if not kl_max > 0:
         raise ValueError(f"kl_max must be > 0, got {kl_max}")
     kept = feasible & (log_ratio.detach() <= kl_max)  # (B, K)
     has_kept = kept.any(dim=1)  # (B,)
-    best = _masked_argmax(reward, kept)  # (B,)
+    best = masked_argmax(reward, kept)  # (B,)
     best_reward = reward.gather(1, best.unsqueeze(1)).squeeze(1)  # (B,)
     use_baseline = ~has_kept & baseline_feasible  # (B,)
     valid = has_kept | baseline_feasible  # (B,)
@@ -91,33 +93,7 @@ def crraft_loss(logp: Tensor, weight: Tensor) -> CRRAFTLoss:
         logp: (M,) summed token log-probs of a* (or ā) under the policy, with grad.
         weight: (M,) w from `crraft_select`.
     """
-    _check_shapes((logp.numel(),), logp=logp, weight=weight)
+    check_shapes((logp.numel(),), logp=logp, weight=weight)
     nll_loss = -weight.detach() * logp  # (M,)
-    loss = _safe_mean(nll_loss)  # () mean over the M prompts
+    loss = safe_mean(nll_loss)  # () mean over the M prompts
     return CRRAFTLoss(loss, nll_loss.detach())
-
-
-def _masked_argmax(values: Tensor, mask: Tensor) -> Tensor:
-    """(B, K) → (B,) index of the largest value where ``mask``; first one on ties; 0 if none."""
-    return torch.where(mask, values, float("-inf")).argmax(dim=1)
-
-
-def _safe_mean(per_item: Tensor) -> Tensor:
-    """Mean over dim 0 that is 0, not NaN, when there are no items (and stays in the graph)."""
-    return per_item.sum() / max(per_item.shape[0], 1)
-
-
-def _check_finite(**tensors: Tensor) -> None:
-    """A NaN or ±inf reward would poison CRPG's batch mean or win/tie a masked arg-max (CODPO, CRRAFT)."""
-    for name, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{name} must be finite")
-
-
-def _check_shapes(shape: tuple[int, ...], **tensors: Tensor) -> None:
-    """Fail loudly on a shape mismatch (broadcasting would silently mix samples) or a non-bool mask."""
-    for name, tensor in tensors.items():
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
-        if name.endswith("feasible") and tensor.dtype != torch.bool:
-            raise TypeError(f"{name} must be a bool tensor, got {tensor.dtype}")
