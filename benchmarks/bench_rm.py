@@ -391,8 +391,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-max-items", type=int, default=32, help="CGPO_BATCH_MAX_ITEMS (half the clients: "
                    "one batch queues while the other runs)")
     p.add_argument("--batch-max-wait-ms", type=float, default=0.0, help="CGPO_BATCH_MAX_WAIT_MS")
-    p.add_argument("--max-batch-tokens", type=int, default=2048, help="CGPO_RM_MAX_BATCH_TOKENS (2048: forwards "
-                   "of 8 x 256 tokens keep the activations in cache; ~20%% more items per CPU-second than 32 x 256)")
+    p.add_argument("--max-batch-tokens", type=int, default=2048, help="CGPO_RM_MAX_BATCH_TOKENS (2048, the "
+                   "least CGPO_RM_MAX_LENGTH allows: forwards of 8 x 256 tokens, 12 MB activations instead of 50 MB; "
+                   "2-4%% more items per CPU-second than 32 x 256; 32-token batches of 32 are not split)")
+    p.add_argument("--malloc-threshold", type=int, default=1 << 30, help="MALLOC_MMAP_THRESHOLD_ and "
+                   "MALLOC_TRIM_THRESHOLD_ (bytes) of every process, this one included (it re-executes itself): "
+                   "glibc's defaults mmap and unmap each large activation, so a fresh process page-faults "
+                   "~5k times per 256-token item and runs 10-15%% slower than one whose heap is warm; 0 keeps them")
     p.add_argument("--device", default="cpu", help="CGPO_RM_DEVICE (the in-process baseline uses it too)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="CGPO_RM_DTYPE, for the service, the naive server and the in-process baseline alike")
@@ -517,7 +522,13 @@ class Bench:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.malloc_threshold and os.environ.get("MALLOC_MMAP_THRESHOLD_") != str(args.malloc_threshold):
+        # glibc reads these at start-up only: run again with them, so the in-process baseline has them too
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = os.environ["MALLOC_TRIM_THRESHOLD_"] = str(args.malloc_threshold)
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv])
     sections = {int(s) for s in args.sections.split(",") if s.strip()}
     # before torch is imported: the in-process baseline and every service process run with the same threads
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -552,7 +563,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if sections & {2, 3}:
                 bench.short(r, sections)
         settings = {k: getattr(args, k) for k in ("clients", "threads", "omp_wait_policy", "batch_max_items",
-                                                  "batch_max_wait_ms", "max_batch_tokens", "device", "dtype")}
+                                                  "batch_max_wait_ms", "max_batch_tokens", "malloc_threshold", "device",
+                                                  "dtype")}
         report: dict[str, Any] = {
             "model": {k: v for k, v in info.items() if k != "path"}, "settings": settings, "cores": os.cpu_count(),
             "torch": torch.__version__, "repeats": args.repeats, "duration_s": args.duration_s,

@@ -5,6 +5,11 @@ rather than ``model.generate``: it draws from a ``torch.Generator`` (reproducibl
 global RNG), applies exactly ``GenerationConfig``'s temperature and top-p (not the checkpoint's
 ``generation_config.json`` defaults), and records the log-prob of each drawn token under the
 distribution it was drawn from. A vLLM engine implements the same ``RolloutEngine`` protocol.
+
+Sampling is counter-based: token t of sample j of prompt i is the Gumbel-max draw whose noise is a hash
+of (seed, global prompt index, j, t, token id). A sample therefore depends on its own prompt and the
+seed only, never on what it was batched with: splitting a step's prompts across data-parallel ranks
+(``prompt_offset``) or rows across forward passes (``max_batch_rows``) draws the same samples.
 """
 
 from __future__ import annotations
@@ -44,8 +49,12 @@ class Rollouts:
 class RolloutEngine(Protocol):
     """What the trainer needs from a generation engine (HF here; vLLM later, same ``Rollouts``)."""
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], k: int, seed: int) -> Rollouts:
-        """K samples for each prompt (token ids, already rendered), reproducible given ``seed``."""
+    def generate(self, prompt_ids: Sequence[Sequence[int]], k: int, seed: int, prompt_offset: int = 0) -> Rollouts:
+        """K samples for each prompt (token ids, already rendered), reproducible given ``seed``.
+
+        ``prompt_offset`` is the index of ``prompt_ids[0]`` in the step's whole batch: a prompt's samples
+        depend on ``seed`` and its index in that batch, so ranks that each generate a shard draw what one
+        process generating the whole batch would."""
         ...
 
 
@@ -69,20 +78,18 @@ class HFRollout:
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], k: int, seed: int) -> Rollouts:
-        import torch
-
-        if k < 1 or any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("generate needs k >= 1 and non-empty prompts")
+    def generate(self, prompt_ids: Sequence[Sequence[int]], k: int, seed: int, prompt_offset: int = 0) -> Rollouts:
+        if k < 1 or prompt_offset < 0 or any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("generate needs k >= 1, prompt_offset >= 0 and non-empty prompts")
         rows = [list(p) for p in prompt_ids for _ in range(k)]  # prompt-major
-        generator = torch.Generator(device=self.model.device).manual_seed(seed)
+        keys = [row_key(seed, prompt_offset + i // k, i % k) for i in range(len(rows))]
         step = self.max_batch_rows or max(len(rows), 1)
         was_training = self.model.training
         self.model.eval()
         try:
             responses, logprobs = [], []
             for start in range(0, len(rows), step):
-                ids, lps = self._sample(rows[start:start + step], generator)
+                ids, lps = self._sample(rows[start:start + step], keys[start:start + step])
                 responses += ids
                 logprobs += lps
         finally:
@@ -96,7 +103,7 @@ class HFRollout:
             finished=[bool(r) and r[-1] in self.eos_ids for r in responses],
         )
 
-    def _sample(self, rows: list[list[int]], generator: Any) -> tuple[list[list[int]], list[float]]:
+    def _sample(self, rows: list[list[int]], keys: list[int]) -> tuple[list[list[int]], list[float]]:
         """One batch of rows: left-padded prefill, then one token per step until EOS or the limit."""
         import torch
         from transformers import DynamicCache
@@ -111,12 +118,13 @@ class HFRollout:
         total = torch.zeros(len(rows), dtype=torch.float32, device=device)  # (N,) summed log q
         tokens = []
         cache = DynamicCache(config=self.model.config)
+        row_keys = torch.tensor(keys, dtype=torch.int64, device=device)  # (N,)
         with torch.inference_mode():
-            for _ in range(cfg.max_new_tokens):
+            for t in range(cfg.max_new_tokens):
                 out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                  use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
                 logq = _processed_logprobs(out.logits[:, -1, :].float(), cfg.temperature, cfg.top_p)  # (N, V)
-                token = torch.multinomial(logq.exp(), 1, generator=generator).squeeze(-1)  # (N,)
+                token = gumbel_argmax(logq, row_keys, t)  # (N,)
                 token = torch.where(done, self.pad_id, token)
                 total += torch.where(done, 0.0, logq.gather(-1, token[:, None]).squeeze(-1))
                 tokens.append(token)
@@ -128,6 +136,59 @@ class HFRollout:
                 positions = positions[:, -1:] + 1
         drawn = torch.stack(tokens, dim=1).tolist()  # (N, T)
         return [_cut_at_eos(r, self.eos_ids) for r in drawn], total.tolist()
+
+
+# splitmix64 (Steele, Lea & Flood 2014) on int64 tensors: products wrap modulo 2^64, and every right
+# shift is masked so it acts as the logical shift of the unsigned original.
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed 64-bit integer
+_MIX1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX2 = -7723592293110705685  # 0x94D049BB133111EB
+
+
+def _shr(x: Any, bits: int) -> Any:
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix(x: Any) -> Any:
+    x = (x ^ _shr(x, 30)) * _MIX1
+    x = (x ^ _shr(x, 27)) * _MIX2
+    return x ^ _shr(x, 31)
+
+
+def _mix_int(x: int) -> int:
+    """``_mix`` on a Python int (same bits), for keys computed on the host."""
+    mask = (1 << 64) - 1
+    x &= mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    x ^= x >> 31
+    return _signed(x)
+
+
+def _signed(x: int) -> int:
+    """``x`` modulo 2^64 as a signed 64-bit integer."""
+    x &= (1 << 64) - 1
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def row_key(seed: int, prompt: int, sample: int) -> int:
+    """The noise key of sample ``sample`` of the batch's prompt ``prompt`` (a signed 64-bit int)."""
+    return _mix_int(_mix_int(_mix_int(seed) + prompt) + sample)
+
+
+def gumbel_argmax(logq: Any, row_keys: Any, t: int) -> Any:
+    """One draw per row from softmax(logq) by the Gumbel-max trick, noise hashed from (row key, t, token).
+
+    logq: (N, V) log-probabilities (−inf where a token is excluded); row_keys: (N,) int64 → (N,) tokens.
+    """
+    import torch
+
+    step_keys = _mix(row_keys + _signed((t + 1) * _GOLDEN))  # (N,)
+    vocab = torch.arange(logq.shape[-1], dtype=torch.int64, device=logq.device)  # (V,)
+    bits = _shr(_mix(step_keys[:, None] + vocab * _GOLDEN), 11)  # (N, V) uniform 53-bit integers
+    uniform = (bits.double() + 0.5) * 2.0**-53  # (N, V) in (0, 1)
+    gumbel = -torch.log(-torch.log(uniform))
+    return (logq.double() + gumbel).argmax(-1)
 
 
 def _processed_logprobs(logits: Any, temperature: float, top_p: float) -> Any:

@@ -12,9 +12,11 @@ quantity ``Rollouts.sampling_logprobs`` documents and ``HFRollout`` computes. (v
 ``raw_logprobs``, would give the untempered, unfiltered model distribution instead.) Each request asks
 for ``logprobs=0``: only the sampled token's log-prob, no top-N list.
 
-Seeds. Each prompt gets its own per-request seed drawn from ``random.Random(seed)``; vLLM gives the k
-children of a request ``n=k`` the seeds ``s, s+1, ..., s+k-1``. The same ``seed`` gives the same samples
-for the same weights and batch, but samples are not comparable with ``HFRollout``'s for the same seed.
+Seeds. Each prompt gets its own per-request seed, a hash of ``seed`` and the prompt's index in the
+step's whole batch (``prompt_offset`` + position); vLLM gives the k children of a request ``n=k`` the seeds
+``s, s+1, ..., s+k-1``. The same ``seed`` gives the same samples for the same weights, and a data-parallel
+rank generating a shard draws what one engine generating the whole batch would; samples are not
+comparable with ``HFRollout``'s for the same seed.
 
 Weight sync. ``sync_weights(policy)`` pushes the trainer policy's ``state_dict`` into the engine after
 each optimizer step through ``LLM.collective_rpc("reload_weights", ...)``: the worker's
@@ -30,12 +32,11 @@ vllm is imported only inside the class, so importing this module never needs it.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from typing import Any
 
 from trainer.config import GenerationConfig
-from trainer.rollout import Rollouts
+from trainer.rollout import Rollouts, row_key
 
 
 class VLLMRollout:
@@ -67,21 +68,21 @@ class VLLMRollout:
         if not self.eos_ids:
             raise ValueError("neither the tokenizer nor the model's generation config names an EOS token")
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], k: int, seed: int) -> Rollouts:
+    def generate(self, prompt_ids: Sequence[Sequence[int]], k: int, seed: int, prompt_offset: int = 0) -> Rollouts:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if k < 1 or any(len(p) == 0 for p in prompt_ids):
-            raise ValueError("generate needs k >= 1 and non-empty prompts")
+        if k < 1 or prompt_offset < 0 or any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("generate needs k >= 1, prompt_offset >= 0 and non-empty prompts")
         cfg = self.config
         cfg.validate()
-        rng = random.Random(seed)
         params = [
             SamplingParams(
-                n=k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=rng.getrandbits(62), logprobs=0,
+                n=k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+                seed=row_key(seed, prompt_offset + i, 0) & ((1 << 62) - 1), logprobs=0,
                 stop_token_ids=sorted(self.eos_ids), detokenize=False,
             )
-            for _ in prompt_ids
+            for i in range(len(prompt_ids))
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)

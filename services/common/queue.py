@@ -62,16 +62,22 @@ class GatewayQueue:
         self._submit = self.redis.register_script(_SUBMIT)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self.listen_tick_s = 0.25
 
     async def start(self) -> None:
         if self._listener is None:
+            self._stopping.clear()
             self._listener = asyncio.create_task(self._listen())
 
     async def close(self) -> None:
+        # The listener is stopped by a flag, not by cancellation: redis-py can swallow a CancelledError
+        # that lands inside a blocking pub/sub read, which would leave close() waiting forever.
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            self._stopping.set()
+            done, _ = await asyncio.wait({self._listener}, timeout=self.listen_tick_s * 8)
+            if not done:
+                self._listener.cancel()
             self._listener = None
         await self.redis.aclose()
 
@@ -130,23 +136,27 @@ class GatewayQueue:
             raise unavailable(exc) from exc
 
     async def _listen(self) -> None:
-        """Wake waiters on the done channel; resubscribe after Redis outages."""
+        """Wake waiters on the done channel until ``close``; resubscribe after Redis outages."""
         backoff_s = 0.1
-        while True:
+        while not self._stopping.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.keys.done_channel)
                 backoff_s = 0.1
-                async for message in pubsub.listen():
-                    job_id = message["data"].decode()
-                    for future in self._waiters.get(job_id, []):
+                while not self._stopping.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=self.listen_tick_s)
+                    if message is None:
+                        continue
+                    for future in self._waiters.get(message["data"].decode(), []):
                         if not future.done():
                             future.set_result(None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: resubscribe; waiters still poll
                 log.warning("result listener lost Redis (%s); resubscribing", exc)
-                await asyncio.sleep(backoff_s)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff_s)
                 backoff_s = min(backoff_s * 2, 2.0)
             finally:
                 with contextlib.suppress(Exception):
