@@ -3,8 +3,9 @@
 Builds a tiny Llama policy and reward model locally, two tasks (an IFEval lowercase instruction judged by
 `instructions`, and a refusal task judged by `refusal`), and runs the same steps twice: judges and RM
 embedded in the trainer's process, then the services as deployed (redis-server, gateway and worker
-processes for each) reached by URL. Prints the mean per-step breakdown (generate / score / update) and
-the ratio of step times.
+processes for each) reached by URL. Prints the mean per-step breakdown (generate / score / update, the
+update split into log-probs without grad, backward, and the rest: loss, all-reduce, optimizer) and the
+ratio of step times.
 
     .venv/bin/python benchmarks/bench_trainer.py --steps 10
 """
@@ -66,8 +67,12 @@ tasks:{tasks}
 
 def summary(records: list[dict[str, float]]) -> dict[str, float]:
     rows = records[1:] or records  # the first step pays one-off warm-up (pools, caches)
-    parts = {k: statistics.mean(r[f"time/{k}_s"] for r in rows) for k in ("generate", "score", "update")}
-    return {**{f"{k}_s": round(v, 4) for k, v in parts.items()}, "step_s": round(sum(parts.values()), 4)}
+    parts = {k: statistics.mean(r[f"time/{k}_s"] for r in rows) for k in COLUMNS}
+    step = parts["generate"] + parts["score"] + parts["update"]
+    return {**{f"{k}_s": round(v, 4) for k, v in parts.items()}, "step_s": round(step, 4)}
+
+
+COLUMNS = ("generate", "score", "logprobs", "backward", "update")
 
 
 def main() -> None:
@@ -93,9 +98,9 @@ def main() -> None:
                 f"reward_model={{url: '{rm.base}', model: helpful}}", f"judge_service={{url: '{judges.base}'}}")]
             remote = summary(train(load_config(write_config(root, "remote", *shape), overrides), resume=False,
                                    log=lambda _: None))
-    print(f"{'':10} {'generate s':>11} {'score s':>9} {'update s':>9} {'step s':>8}")
+    print(f"{'':10}" + "".join(f"{c + ' s':>12}" for c in (*COLUMNS, "step")))
     for name, row in (("embedded", embedded), ("remote", remote)):
-        print(f"{name:10} {row['generate_s']:>11} {row['score_s']:>9} {row['update_s']:>9} {row['step_s']:>8}")
+        print(f"{name:10}" + "".join(f"{row[c + '_s']:>12}" for c in (*COLUMNS, "step")))
     ratio = remote["step_s"] / embedded["step_s"]
     print(f"remote / embedded step time: {ratio:.3f}")
     print(json.dumps({"config": vars(args), "embedded": embedded, "remote": remote, "remote_over_embedded":

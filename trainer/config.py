@@ -8,6 +8,7 @@ error names the field it is about.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -149,7 +150,11 @@ class RunConfig:
     seed: int = 0
     """Seed for data order, sampling and initialisation."""
     output_dir: str = "runs/cgpo"
-    """Metrics (JSONL, TensorBoard), checkpoints and cached baselines go here."""
+    """Metrics (JSONL, TensorBoard), checkpoints and cached baselines go here (under torchrun: a
+    directory every rank can read; rank 0 writes)."""
+    device: str = "auto"
+    """Where the policy and reference run: ``auto`` (this rank's GPU when CUDA is available, else the
+    CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     unconstrained_baseline: bool = False
     """Ignore judges and per-task optimizers: RM-only policy gradient (the paper's PPO-style baseline).
     Judges still run, for the metrics."""
@@ -175,6 +180,8 @@ class RunConfig:
         _positive("steps", self.steps, integer=True)
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("eval_every and checkpoint_every must be >= 0")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
     @property
     def out(self) -> Path:

@@ -19,25 +19,43 @@ import torch
 
 from trainer.baselines import prepare_baselines
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.config import RunConfig
+from trainer.config import ConfigError, RunConfig
 from trainer.data import Prompt, PromptSampler, load_prompts, render
+from trainer.distributed import SINGLE, Dist, device_for
 from trainer.logprobs import sequence_logprobs
 from trainer.rollout import HFRollout, Rollouts
-from trainer.scoring import ServiceLoop, Services, score_tasks
+from trainer.scoring import ServiceLoop, Services, TaskScores, score_tasks
 from trainer.step import TaskBatch, task_update
 
 
 def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[dict[str, float]]:
-    """Run (or resume) training; returns the metric records written to ``metrics.jsonl``."""
+    """Run (or resume) training; returns the metric records written to ``metrics.jsonl``.
+
+    Under ``torchrun`` every rank runs this; rank 0 writes metrics, logs and checkpoints
+    (trainer/distributed.py).
+    """
     require_engine(config)
+    dist = Dist.from_env(config.device)
+    try:
+        return _train(config, dist, resume, log if dist.main else lambda _: None)
+    finally:
+        dist.close()
+
+
+def _train(config: RunConfig, dist: Dist, resume: bool, log: Any) -> list[dict[str, float]]:
+    for t in config.tasks:
+        if t.batch_size < dist.world:
+            raise ConfigError(f"tasks.{t.name}.batch_size ({t.batch_size}) must be at least the number of "
+                              f"ranks ({dist.world}): each rank takes a share of the prompts")
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(_as_dict(config), indent=2))
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(_as_dict(config), indent=2))
     random.seed(config.seed)
     torch.manual_seed(config.seed)
 
     # ---- models, optimizer, engines
-    tokenizer, policy, reference = load_models(config)
+    tokenizer, policy, reference = load_models(config, device_for(config.device, dist.local_rank))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
 
@@ -48,61 +66,82 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
     loop = ServiceLoop()
     services = Services(config.tasks)
     loop.run(services.__aenter__())
-    ref_engine = HFRollout(reference, tokenizer, config.generation)
-    baselines = {t.name: prepare_baselines(t, prompts[t.name] + eval_prompts.get(t.name, []), tokenizer,
-                                           ref_engine, services, loop.run, out, config.seed)
-                 for t in config.tasks}
-
-    start = 0
-    checkpoint_dir = out / "checkpoint"
-    if resume and checkpoint_dir.exists():
-        start = load_checkpoint(checkpoint_dir, policy=policy, optimizer=optimizer, scheduler=scheduler,
-                                samplers=samplers)
-        log(f"resumed from {checkpoint_dir} at step {start}")
-    engine = make_engine(config, policy, tokenizer)  # after a resume: vLLM starts from the restored weights
-    records: list[dict[str, float]] = []
-    board = _tensorboard(out)
-    bar = _progress(start, config.steps)
     try:
-        with (out / "metrics.jsonl").open("a") as metrics_file:
-            for step in range(start, config.steps):
-                record = train_step(config, step, policy, reference, tokenizer, engine, optimizer, scheduler,
-                                    samplers, services, loop, baselines)
-                if config.eval_every and (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                    record.update(evaluate(config, step, policy, reference, tokenizer, engine, services, loop,
-                                           eval_prompts, baselines))
+        ref_engine = HFRollout(reference, tokenizer, config.generation)
+        baselines = {}
+        for rank_turn in (True, False):  # rank 0 samples and caches them; the others then read the cache
+            if dist.main == rank_turn:
+                baselines = {t.name: prepare_baselines(t, prompts[t.name] + eval_prompts.get(t.name, []), tokenizer,
+                                                       ref_engine, services, loop.run, out, config.seed)
+                             for t in config.tasks}
+            dist.barrier()
+
+        start = 0
+        checkpoint_dir = out / "checkpoint"
+        if resume and checkpoint_dir.exists():
+            start = load_checkpoint(checkpoint_dir, policy=policy, optimizer=optimizer, scheduler=scheduler,
+                                    samplers=samplers)
+            log(f"resumed from {checkpoint_dir} at step {start}")
+        engine = make_engine(config, policy, tokenizer)  # after a resume: vLLM starts from the restored weights
+    except BaseException:
+        loop.run(services.__aexit__())
+        loop.close()
+        raise
+    records: list[dict[str, float]] = []
+    board = _tensorboard(out) if dist.main else None
+    bar = _progress(start, config.steps) if dist.main else None
+    metrics_file = (out / "metrics.jsonl").open("a") if dist.main else None
+    try:
+        for step in range(start, config.steps):
+            record = train_step(config, step, policy, reference, tokenizer, engine, optimizer, scheduler,
+                                samplers, services, loop, baselines, dist)
+            if config.eval_every and (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                record.update(evaluate(config, step, policy, reference, tokenizer, engine, services, loop,
+                                       eval_prompts, baselines, dist))
+            records.append(record)
+            if metrics_file is not None:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
-                records.append(record)
-                if board is not None:
-                    for key, value in record.items():
-                        board.add_scalar(key, value, step + 1)
-                if bar is not None:
-                    bar.update(1)
-                log(progress_line(config, record))
-                if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            if board is not None:
+                for key, value in record.items():
+                    board.add_scalar(key, value, step + 1)
+            if bar is not None:
+                bar.update(1)
+            log(progress_line(config, record))
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                dist.check_in_sync(policy)
+                if dist.main:
                     save_checkpoint(checkpoint_dir, step=step + 1, policy=policy, tokenizer=tokenizer,
                                     optimizer=optimizer, scheduler=scheduler, samplers=samplers)
+                dist.barrier()
     finally:
         loop.run(services.__aexit__())
         loop.close()
         getattr(engine, "close", lambda: None)()
-        if board is not None:
-            board.close()
-        if bar is not None:
-            bar.close()
+        for closable in (metrics_file, board, bar):
+            if closable is not None:
+                closable.close()
     return records
 
 
 def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokenizer: Any, engine: Any,
                optimizer: Any, scheduler: Any, samplers: dict[str, PromptSampler], services: Services,
-               loop: ServiceLoop, baselines: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """One stratified CGPO step over every task; returns the step's metrics."""
+               loop: ServiceLoop, baselines: dict[str, dict[str, Any]], dist: Dist = SINGLE) -> dict[str, float]:
+    """One stratified CGPO step over every task; returns the step's metrics (the whole batch's).
+
+    Every rank draws the same batches; each generates and scores its contiguous share of each task's
+    prompts, with the sampling seed of their place in the whole batch.
+    """
     times: dict[str, float] = {}
     tic = time.perf_counter()
-    batches = {t.name: next(samplers[t.name]) for t in config.tasks}
+    batches, offsets = {}, {}
+    for t in config.tasks:
+        whole = next(samplers[t.name])
+        first, stop = dist.shard(len(whole))
+        batches[t.name], offsets[t.name] = whole[first:stop], first
     prompt_ids = {name: [render(tokenizer, p) for p in batch] for name, batch in batches.items()}
-    rollouts = {t.name: engine.generate(prompt_ids[t.name], t.k, seed=rollout_seed(config.seed, step, i))
+    rollouts = {t.name: engine.generate(prompt_ids[t.name], t.k, seed=rollout_seed(config.seed, step, i),
+                                        prompt_offset=offsets[t.name])
                 for i, t in enumerate(config.tasks)}
     times["generate"] = time.perf_counter() - tic
 
@@ -116,14 +155,18 @@ def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokeni
     policy.train()
     optimizer.zero_grad(set_to_none=True)
     record: dict[str, float] = {"step": step + 1, "lr": scheduler.get_last_lr()[0]}
+    times["logprobs"] = times["backward"] = 0.0
     for t in config.tasks:
         base = [baselines[t.name][p.id] for p in batches[t.name]]
         batch = TaskBatch(t, prompt_ids[t.name], rollouts[t.name], scores[t.name], [b["ids"] for b in base],
                           [b["feasible"] for b in base])
-        metrics = task_update(policy, reference, batch, temperature=config.generation.temperature,
-                              micro_batch_size=config.optim.micro_batch_size,
-                              unconstrained=config.unconstrained_baseline)
+        metrics, passes = task_update(policy, reference, batch, temperature=config.generation.temperature,
+                                      micro_batch_size=config.optim.micro_batch_size,
+                                      unconstrained=config.unconstrained_baseline, dist=dist)
         record.update({f"{t.name}/{key}": value for key, value in metrics.items()})
+        times["logprobs"] += passes["logprobs"]
+        times["backward"] += passes["backward"]
+    dist.all_reduce_grads(list(policy.parameters()))
     if config.optim.grad_clip:
         record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), config.optim.grad_clip))
     optimizer.step()
@@ -138,26 +181,35 @@ def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokeni
 
 def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenizer: Any, engine: HFRollout,
              services: Services, loop: ServiceLoop, eval_prompts: dict[str, list[Prompt]],
-             baselines: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """One sample per held-out prompt: judge pass rate, raw and calibrated reward, KL to π_ref."""
+             baselines: dict[str, dict[str, Any]], dist: Dist = SINGLE) -> dict[str, float]:
+    """One sample per held-out prompt: judge pass rate, raw and calibrated reward, KL to π_ref.
+
+    Each rank evaluates its share of the prompts; the results are gathered, so every rank returns the
+    metrics of the whole eval set."""
     tasks = [t for t in config.tasks if t.name in eval_prompts]
     if not tasks:
         return {}
-    prompt_ids = {t.name: [render(tokenizer, p) for p in eval_prompts[t.name]] for t in tasks}
+    shards = {t.name: dist.shard(len(eval_prompts[t.name])) for t in tasks}
+    mine = {t.name: eval_prompts[t.name][slice(*shards[t.name])] for t in tasks}
+    prompt_ids = {t.name: [render(tokenizer, p) for p in mine[t.name]] for t in tasks}
     rollouts: dict[str, Rollouts] = {t.name: engine.generate(prompt_ids[t.name], 1, seed=rollout_seed(
-        config.seed + 1, step, i)) for i, t in enumerate(tasks)}
+        config.seed + 1, step, i), prompt_offset=shards[t.name][0]) for i, t in enumerate(tasks)}
     scores = loop.run(score_tasks(services, {
-        t.name: (t, eval_prompts[t.name], rollouts[t.name].text, rollouts[t.name].prompt_index,
-                 [baselines[t.name][p.id]["text"] for p in eval_prompts[t.name]]) for t in tasks}))
+        t.name: (t, mine[t.name], rollouts[t.name].text, rollouts[t.name].prompt_index,
+                 [baselines[t.name][p.id]["text"] for p in mine[t.name]]) for t in tasks}))
     record = {}
     for t in tasks:
-        r, s = rollouts[t.name], scores[t.name]
+        r = rollouts[t.name]
         with torch.no_grad():
             kl = (sequence_logprobs(policy, r.prompt_ids, r.response_ids, config.generation.temperature).logprobs
                   - sequence_logprobs(reference, r.prompt_ids, r.response_ids,
-                                      config.generation.temperature).logprobs).mean().item()
+                                      config.generation.temperature).logprobs).tolist()
+        parts = dist.gather((scores[t.name], kl))
+        s = TaskScores(*(sum((getattr(p[0], f) for p in parts), []) for f in
+                         ("verdicts", "reward", "baseline_reward", "calibrated")))
+        kl = sum((p[1] for p in parts), [])
         record.update({f"eval/{t.name}/pass_rate": _mean(s.feasible), f"eval/{t.name}/reward": _mean(s.reward),
-                       f"eval/{t.name}/calibrated_reward": _mean(s.calibrated), f"eval/{t.name}/kl": kl})
+                       f"eval/{t.name}/calibrated_reward": _mean(s.calibrated), f"eval/{t.name}/kl": _mean(kl)})
         for judge, rates in s.judge_rates().items():
             record[f"eval/{t.name}/judge/{judge}/pass_rate"] = rates["pass_rate"]
     return record
@@ -186,13 +238,14 @@ def make_engine(config: RunConfig, policy: Any, tokenizer: Any) -> Any:
     return engine
 
 
-def load_models(config: RunConfig) -> tuple[Any, Any, Any]:
+def load_models(config: RunConfig, device: Any = None) -> tuple[Any, Any, Any]:
     """Tokenizer, trainable policy and frozen reference (a copy of the policy unless one is given)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = device if device is not None else device_for(config.device)
     tokenizer = AutoTokenizer.from_pretrained(config.policy)
-    policy = AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32)
-    reference = (AutoModelForCausalLM.from_pretrained(config.reference, dtype=torch.float32)
+    policy = AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32).to(device)
+    reference = (AutoModelForCausalLM.from_pretrained(config.reference, dtype=torch.float32).to(device)
                  if config.reference else copy.deepcopy(policy))
     reference.eval().requires_grad_(False)
     return tokenizer, policy, reference

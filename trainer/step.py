@@ -9,17 +9,21 @@ The losses are pure functions of sequence-level log-probs, so the update runs in
 
 By the chain rule this is exactly ∇_w (ρ_l · L), with activation memory bounded by the micro-batch
 (the pass-1 forward is also what ρ = log π_w − log π_ref needs). Gradients accumulate across tasks;
-the caller takes one optimizer step (SPEC §5).
+the caller takes one optimizer step (SPEC §5). Under data parallelism pass 1 runs on a rank's shard,
+the sequence-level results are gathered so the loss (and g) is the whole batch's, and pass 2 runs on
+the rank's own sequences (trainer/distributed.py).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from trainer.config import TaskConfig
+from trainer.distributed import SINGLE, Dist
 from trainer.logprobs import sequence_logprobs
 from trainer.losses import codpo_loss, codpo_select, crpg_loss, crraft_loss, crraft_select
 from trainer.rollout import Rollouts
@@ -41,41 +45,86 @@ class TaskBatch:
     """(B) ā passes every judge of the task (judged once per run)."""
 
 
+@dataclass
+class Outcome:
+    """The sequence-level facts a task's loss needs, for the step's whole batch (all ranks' shards)."""
+
+    scores: TaskScores
+    """(N) verdicts and rewards, prompt-major."""
+    lengths: list[int]
+    """(N) response lengths in tokens."""
+    baseline_feasible: list[bool]
+    """(B) ā passes every judge of the task."""
+
+
 def task_update(policy: Any, reference: Any, batch: TaskBatch, *, temperature: float, micro_batch_size: int,
-                unconstrained: bool = False) -> dict[str, float]:
-    """Accumulate ∇(ρ_l · L_task) into ``policy``'s grads; return the task's metrics for this step."""
+                unconstrained: bool = False, dist: Dist = SINGLE) -> tuple[dict[str, float], dict[str, float]]:
+    """Accumulate ∇(ρ_l · L_task) into ``policy``'s grads; return the task's metrics and the pass timings.
+
+    Under data parallelism ``batch`` is this rank's shard: the loss is evaluated on the whole batch
+    (gathered), the gradient of this rank's sequences is backpropagated here, and the caller sums the
+    parameter gradients over the ranks. Metrics are the whole batch's, identical on every rank.
+    """
     task, rollouts = batch.task, batch.rollouts
-    n = len(rollouts)
+    tic = time.perf_counter()
     prompts = [batch.prompt_ids[p] for p in rollouts.prompt_index] + batch.prompt_ids
     responses = list(rollouts.response_ids) + batch.baseline_ids  # samples, then the B baselines
     with torch.no_grad():
-        logp = sequence_logprobs(policy, prompts, responses, temperature, micro_batch_size).logprobs
-        ref_logp = sequence_logprobs(reference, prompts, responses, temperature, micro_batch_size).logprobs
-    leaf = logp.clone().requires_grad_(True)
-    loss, stats = _task_loss(task, leaf, ref_logp, batch, n, unconstrained)
+        logp = sequence_logprobs(policy, prompts, responses, temperature, micro_batch_size).logprobs.cpu()
+        ref_logp = sequence_logprobs(reference, prompts, responses, temperature, micro_batch_size).logprobs.cpu()
+    logprobs_s = time.perf_counter() - tic
+    outcome = Outcome(batch.scores, [len(r) for r in rollouts.response_ids], list(batch.baseline_feasible))
+    outcome, logp_all, ref_all, mine = _whole_batch(dist, outcome, logp, ref_logp)
+    n = len(outcome.lengths)
+    leaf = logp_all.clone().requires_grad_(True)
+    loss, stats = _task_loss(task, leaf, ref_all, outcome, unconstrained)
     (task.weight * loss).backward()
-    grad = leaf.grad.detach()  # (N + B,) ρ_l · ∂L/∂log π_w
+    grad = leaf.grad.detach()[mine]  # this rank's sequences: ρ_l · ∂L/∂log π_w
+    tic = time.perf_counter()
     _backward_through_policy(policy, prompts, responses, grad, temperature, micro_batch_size)
-    log_ratio = (logp - ref_logp)[:n]
-    scores = batch.scores
-    metrics = {"loss": loss.item(), "kl": log_ratio.mean().item(),
+    backward_s = time.perf_counter() - tic
+    scores = outcome.scores
+    metrics = {"loss": loss.item(), "kl": (logp_all - ref_all)[:n].mean().item(),
                "reward": _mean(scores.reward), "calibrated_reward": _mean(scores.calibrated),
                "feasible_rate": _mean([float(f) for f in scores.feasible]),
                "error_rate": _mean([float(e) for e in scores.errored]),
-               "response_tokens": _mean([float(len(r)) for r in rollouts.response_ids]), **stats}
+               "response_tokens": _mean([float(x) for x in outcome.lengths]), **stats}
     for judge, rates in scores.judge_rates().items():
         metrics[f"judge/{judge}/pass_rate"] = rates["pass_rate"]
         metrics[f"judge/{judge}/error_rate"] = rates["error_rate"]
-    return metrics
+    return metrics, {"logprobs": logprobs_s, "backward": backward_s}
 
 
-def _task_loss(task: TaskConfig, leaf: torch.Tensor, ref_logp: torch.Tensor, batch: TaskBatch, n: int,
+def _whole_batch(dist: Dist, outcome: Outcome, logp: torch.Tensor,
+                 ref_logp: torch.Tensor) -> tuple[Outcome, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather every rank's shard into the whole batch's outcome and log-probs, laid out as one process
+    would have them ([all samples, all baselines]), and the positions of this rank's sequences in it."""
+    n = len(outcome.lengths)
+    if not dist.enabled:
+        return outcome, logp, ref_logp, torch.arange(len(logp))
+    parts = dist.gather((outcome, logp[:n], logp[n:], ref_logp[:n], ref_logp[n:]))
+    sizes = [(len(p[0].lengths), len(p[0].baseline_feasible)) for p in parts]
+    total_n = sum(s for s, _ in sizes)
+    sample_start = sum(s for s, _ in sizes[:dist.rank])
+    baseline_start = total_n + sum(b for _, b in sizes[:dist.rank])
+    mine = torch.cat([torch.arange(sample_start, sample_start + n),
+                      torch.arange(baseline_start, baseline_start + len(outcome.baseline_feasible))])
+    whole = Outcome(
+        TaskScores(*(sum((getattr(p[0].scores, f) for p in parts), []) for f in
+                     ("verdicts", "reward", "baseline_reward", "calibrated"))),
+        sum((p[0].lengths for p in parts), []), sum((p[0].baseline_feasible for p in parts), []))
+    logp_all = torch.cat([p[1] for p in parts] + [p[2] for p in parts])
+    ref_all = torch.cat([p[3] for p in parts] + [p[4] for p in parts])
+    return whole, logp_all, ref_all, mine
+
+
+def _task_loss(task: TaskConfig, leaf: torch.Tensor, ref_logp: torch.Tensor, outcome: Outcome,
                unconstrained: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    scores, k = batch.scores, task.k
+    scores, k, n = outcome.scores, task.k, len(outcome.lengths)
     reward = torch.tensor(scores.reward, dtype=torch.float32)  # (N,)
     baseline_reward = torch.tensor(scores.baseline_reward, dtype=torch.float32)  # (N,)
-    errored = torch.tensor(scores.errored)  # (N,)
-    feasible = torch.ones(n, dtype=torch.bool) if unconstrained else torch.tensor(scores.feasible)
+    errored = torch.tensor(scores.errored, dtype=torch.bool)  # (N,)
+    feasible = torch.ones(n, dtype=torch.bool) if unconstrained else torch.tensor(scores.feasible, dtype=torch.bool)
     masked = errored & (task.on_judge_error == "mask") & (not unconstrained)  # samples the update ignores
     if task.optimizer == "crpg" or unconstrained:
         keep = (~masked).nonzero().squeeze(-1)
@@ -91,13 +140,12 @@ def _task_loss(task: TaskConfig, leaf: torch.Tensor, ref_logp: torch.Tensor, bat
         valid = sel.valid & ~masked.view(b, k)[rows, sel.rejected_index]
         chosen = (rows * k + sel.chosen_index)[valid]
         rejected = (rows * k + sel.rejected_index)[valid]
-        lengths = torch.tensor([max(len(batch.rollouts.response_ids[i]), 1) for i in chosen.tolist()],
-                               dtype=torch.float32)
+        lengths = torch.tensor([max(outcome.lengths[i], 1) for i in chosen.tolist()], dtype=torch.float32)
         out = codpo_loss(leaf[chosen], ref_logp[chosen], leaf[rejected], ref_logp[rejected], lengths,
                          task.beta, task.lam)
         return out.loss, {"used_fraction": valid.float().mean().item(), "margin": _mean(out.margin.tolist())}
     log_ratio = (leaf.detach() - ref_logp)  # (N + B,)
-    baseline_ok = torch.tensor(batch.baseline_feasible) & (log_ratio[n:] <= task.kl_max)
+    baseline_ok = torch.tensor(outcome.baseline_feasible, dtype=torch.bool) & (log_ratio[n:] <= task.kl_max)
     sel = crraft_select(reward.view(b, k), baseline_reward.view(b, k)[:, 0], (feasible & ~masked).view(b, k),
                         log_ratio[:n].view(b, k), task.kl_max, baseline_ok)
     target = torch.where(sel.use_baseline, n + rows, rows * k + sel.index)[sel.valid]

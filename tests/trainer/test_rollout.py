@@ -136,3 +136,33 @@ def test_rejects_empty_prompts_and_k_below_one(model, tokenizer, prompt_ids):
     with pytest.raises(ValueError):
         engine.generate(prompt_ids, 0, seed=0)
     assert len(engine.generate([], 2, seed=0)) == 0
+
+
+def test_a_prompts_samples_do_not_depend_on_what_it_is_batched_with(model, tokenizer, prompt_ids):
+    # what a data-parallel rank relies on: a shard generated with its offset draws the whole batch's samples
+    whole = rollout(model, tokenizer, prompt_ids, seed=7)
+    assert rollout(model, tokenizer, prompt_ids[2:], seed=7).response_ids != whole.response_ids[2 * K:]
+    shards = [HFRollout(model, tokenizer, GenerationConfig(max_new_tokens=MAX_NEW)).generate([p], K, 7, prompt_offset=i)
+              for i, p in enumerate(prompt_ids)]
+    assert sum((s.response_ids for s in shards), []) == whole.response_ids
+    torch.testing.assert_close(torch.tensor(sum((s.sampling_logprobs for s in shards), [])),
+                               torch.tensor(whole.sampling_logprobs), atol=1e-4, rtol=1e-5)
+    split = HFRollout(model, tokenizer, GenerationConfig(max_new_tokens=MAX_NEW), max_batch_rows=5)
+    assert split.generate(prompt_ids, K, 7).response_ids == whole.response_ids
+
+
+def test_hashed_gumbel_draws_follow_the_distribution():
+    from trainer.rollout import gumbel_argmax, row_key
+
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03, 0.0])
+    n = 40_000
+    logq = probs.log().expand(n, -1)
+    keys = torch.tensor([row_key(11, i, 0) for i in range(n)])
+    for t in (0, 1):
+        freq = torch.bincount(gumbel_argmax(logq, keys, t), minlength=len(probs)).double() / n
+        assert freq[-1] == 0  # a token with probability 0 (log q = -inf) is never drawn
+        # 5 standard errors of a binomial proportion
+        assert ((freq - probs.double()).abs() <= 5 * (probs.double() * (1 - probs.double()) / n).sqrt()).all()
+    first, second = gumbel_argmax(logq, keys, 0), gumbel_argmax(logq, keys, 1)
+    agree = (first == second).double().mean().item()  # successive steps are independent draws
+    assert abs(agree - (probs.double() ** 2).sum().item()) < 0.02

@@ -11,7 +11,7 @@ from trainer.config import ServiceRef, TaskConfig
 from trainer.logprobs import sequence_logprobs
 from trainer.rollout import Rollouts
 from trainer.scoring import TaskScores
-from trainer.step import TaskBatch, _task_loss, task_update
+from trainer.step import Outcome, TaskBatch, _task_loss, task_update
 from tests.tiny_models import build_model, build_tokenizer
 
 B, K = 3, 4
@@ -54,14 +54,14 @@ def make_batch(optimizer: str, seed: int = 0, errored: bool = False) -> TaskBatc
 
 def direct_grads(policy, reference, batch: TaskBatch, unconstrained: bool = False) -> list[torch.Tensor]:
     """∇(ρ_l · L) the plain way: one forward with grad over every sequence, then backward."""
-    n = len(batch.rollouts)
     prompts = [batch.prompt_ids[p] for p in batch.rollouts.prompt_index] + batch.prompt_ids
     responses = list(batch.rollouts.response_ids) + batch.baseline_ids
     policy.zero_grad()
     logp = sequence_logprobs(policy, prompts, responses, 1.0, 64).logprobs
     with torch.no_grad():
         ref = sequence_logprobs(reference, prompts, responses, 1.0, 64).logprobs
-    loss, _ = _task_loss(batch.task, logp, ref, batch, n, unconstrained)
+    outcome = Outcome(batch.scores, [len(r) for r in batch.rollouts.response_ids], batch.baseline_feasible)
+    loss, _ = _task_loss(batch.task, logp, ref, outcome, unconstrained)
     (batch.task.weight * loss).backward()
     return [p.grad.clone() for p in policy.parameters()]
 
@@ -73,12 +73,13 @@ def test_two_pass_update_equals_the_direct_gradient(models, optimizer, errored):
     batch = make_batch(optimizer, seed=3, errored=errored)
     expected = direct_grads(policy, reference, batch)
     policy.zero_grad()
-    metrics = task_update(policy, reference, batch, temperature=1.0, micro_batch_size=2)
+    metrics, times = task_update(policy, reference, batch, temperature=1.0, micro_batch_size=2)
     got = [p.grad for p in policy.parameters()]
     assert any(g.abs().sum() > 0 for g in expected)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
     assert {"loss", "kl", "reward", "judge/j/pass_rate", "used_fraction"} <= set(metrics)
+    assert set(times) == {"logprobs", "backward"} and all(v > 0 for v in times.values())
 
 
 def test_unconstrained_baseline_ignores_the_judges(models):
