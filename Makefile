@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[models,test]'
+	$(BIN)/pip install -q -e '.[models,demo,test]'
 	touch $@
 
 redis:
@@ -42,11 +42,12 @@ test: install redis vllm-env
 test-fast: install redis
 	$(BIN)/python -m pytest -q -m "not vllm and not slow" $(PYTEST_ARGS)
 
+# The main job: RM-only RLHF vs CGPO on the synthetic multi-task world (report in runs/demo/report.md).
 demo: install
-	$(BIN)/cgpo judges demo
+	$(BIN)/cgpo demo --out runs/demo
 
 bench: install
-	$(BIN)/pip install -q -e '.[models,test,bench]'
+	$(BIN)/pip install -q -e '.[models,demo,test,bench]'
 	for b in instructions math code service; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 clean:

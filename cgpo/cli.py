@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("config")
     evaluate.add_argument("overrides", nargs="*")
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint directory written by cgpo train")
+
+    demo = sub.add_parser("demo", help="train on a synthetic multi-task world: RM-only RLHF vs CGPO, with a report")
+    demo.add_argument("--out", default="runs/demo", help="output directory (the world is cached in OUT/world)")
+    demo.add_argument("--quick", action="store_true", help="the whole pipeline at toy size (no accuracy claims)")
+    demo.add_argument("--jobs", type=int, default=None, help="runs trained in parallel (default: min(2, cores))")
+    demo.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps per run (default 40; --quick: 3)")
 
     one = sub.add_parser("judge", help="judge one response and print the verdicts as JSON")
     one.add_argument("prompt")
@@ -79,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo()
     if args.command == "judge":
         return _judge_once(args, parser)
+    if args.command == "demo":
+        return _demo(args, parser)
     parser.error("unknown command")
     return 2
 
@@ -116,6 +126,19 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from trainer.loop import eval_checkpoint
 
     print(json.dumps(eval_checkpoint(config, Path(args.checkpoint)), indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        seeds = None if args.seeds is None else tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if seeds == () or (args.jobs is not None and args.jobs < 1) or (args.steps is not None and args.steps < 1):
+        parser.error("--seeds needs at least one seed; --jobs and --steps must be >= 1")
+    from cgpo.demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick, jobs=args.jobs, seeds=seeds, steps=args.steps)
     return 0
 
 

@@ -7,6 +7,7 @@ error names the field it is about.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -80,11 +81,14 @@ class TaskConfig:
             raise ConfigError(f"{where}.lam must be >= 0")
         if self.optimizer == "codpo" and self.k < 2:
             raise ConfigError(f"{where}.k must be >= 2 for codpo (it needs a pair)")
-        rm = self.reward_model
-        if (rm.embedded is None) == (rm.url is None):
-            raise ConfigError(f"{where}.reward_model needs exactly one of 'embedded' (a path) or 'url'")
-        if rm.url is not None and not rm.model:
-            raise ConfigError(f"{where}.reward_model.model is required with a url")
+        _check_reward_model(self.reward_model, f"{where}.reward_model")
+
+
+def _check_reward_model(rm: ServiceRef, where: str) -> None:
+    if (rm.embedded is None) == (rm.url is None):
+        raise ConfigError(f"{where} needs exactly one of 'embedded' (a path) or 'url'")
+    if rm.url is not None and not rm.model:
+        raise ConfigError(f"{where}.model is required with a url")
 
 
 @dataclass
@@ -158,6 +162,9 @@ class RunConfig:
     unconstrained_baseline: bool = False
     """Ignore judges and per-task optimizers: RM-only policy gradient (the paper's PPO-style baseline).
     Judges still run, for the metrics."""
+    eval_reward_model: ServiceRef | None = None
+    """Score held-out evaluations with this reward model on every task: one yardstick across runs whose
+    tasks train on different RMs. Unset: each task's own."""
     unified_reward_model: ServiceRef | None = None
     """With ``unconstrained_baseline``: the one reward model that scores every task (the paper's single
     unified RM). Unset: each task keeps its own."""
@@ -175,6 +182,8 @@ class RunConfig:
                 task.reward_model = self.unified_reward_model
         for task in self.tasks:
             task.validate(f"tasks.{task.name}")
+        if self.eval_reward_model is not None:
+            _check_reward_model(self.eval_reward_model, "eval_reward_model")
         self.generation.validate()
         self.optim.validate()
         _positive("steps", self.steps, integer=True)
@@ -198,6 +207,12 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:  # ty
     raw = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
+    return build_config(raw, overrides)
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+    """A run config from the nested dict a YAML file holds, with ``key=value`` overrides applied."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -232,7 +247,7 @@ def build(cls: type, raw: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown field(s) {[_join(where, u) for u in unknown]}; known: {sorted(hints)}")
     nested = {"generation": GenerationConfig, "optim": OptimConfig, "reward_model": ServiceRef,
-              "judge_service": ServiceRef, "unified_reward_model": ServiceRef}
+              "judge_service": ServiceRef, "unified_reward_model": ServiceRef, "eval_reward_model": ServiceRef}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         path = _join(where, key)

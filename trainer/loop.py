@@ -8,6 +8,7 @@ task's gradient scaled by its weight, takes one optimizer step, logs, evaluates 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -64,7 +65,7 @@ def _train(config: RunConfig, dist: Dist, resume: bool, log: Any) -> list[dict[s
     eval_prompts = {t.name: load_prompts(t.eval_prompts) for t in config.tasks if t.eval_prompts}
     samplers = {t.name: PromptSampler(prompts[t.name], t.batch_size, config.seed) for t in config.tasks}
     loop = ServiceLoop()
-    services = Services(config.tasks)
+    services = Services(config.tasks, [config.eval_reward_model] if config.eval_reward_model else [])
     loop.run(services.__aenter__())
     try:
         ref_engine = HFRollout(reference, tokenizer, config.generation)
@@ -181,8 +182,10 @@ def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokeni
 
 def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenizer: Any, engine: HFRollout,
              services: Services, loop: ServiceLoop, eval_prompts: dict[str, list[Prompt]],
-             baselines: dict[str, dict[str, Any]], dist: Dist = SINGLE) -> dict[str, float]:
-    """One sample per held-out prompt: judge pass rate, raw and calibrated reward, KL to π_ref.
+             baselines: dict[str, dict[str, Any]], dist: Dist = SINGLE,
+             samples_file: str | None = None) -> dict[str, float]:
+    """One sample per held-out prompt: judge pass rate, raw and calibrated reward (under
+    ``eval_reward_model`` when set), KL to π_ref.
 
     Each rank evaluates its share of the prompts; the results are gathered, so every rank returns the
     metrics of the whole eval set."""
@@ -194,25 +197,41 @@ def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenize
     prompt_ids = {t.name: [render(tokenizer, p) for p in mine[t.name]] for t in tasks}
     rollouts: dict[str, Rollouts] = {t.name: engine.generate(prompt_ids[t.name], 1, seed=rollout_seed(
         config.seed + 1, step, i), prompt_offset=shards[t.name][0]) for i, t in enumerate(tasks)}
+    yardstick = config.eval_reward_model
     scores = loop.run(score_tasks(services, {
-        t.name: (t, mine[t.name], rollouts[t.name].text, rollouts[t.name].prompt_index,
+        t.name: (t if yardstick is None else dataclasses.replace(t, reward_model=yardstick), mine[t.name],
+                 rollouts[t.name].text, rollouts[t.name].prompt_index,
                  [baselines[t.name][p.id]["text"] for p in mine[t.name]]) for t in tasks}))
-    record = {}
+    record: dict[str, float] = {}
+    samples: list[dict[str, Any]] = []
     for t in tasks:
         r = rollouts[t.name]
         with torch.no_grad():
             kl = (sequence_logprobs(policy, r.prompt_ids, r.response_ids, config.generation.temperature).logprobs
                   - sequence_logprobs(reference, r.prompt_ids, r.response_ids,
                                       config.generation.temperature).logprobs).tolist()
-        parts = dist.gather((scores[t.name], kl))
+        parts = dist.gather((scores[t.name], kl, r.text))
         s = TaskScores(*(sum((getattr(p[0], f) for p in parts), []) for f in
                          ("verdicts", "reward", "baseline_reward", "calibrated")))
         kl = sum((p[1] for p in parts), [])
+        samples += _sample_rows(t.name, eval_prompts[t.name], sum((p[2] for p in parts), []), s)
         record.update({f"eval/{t.name}/pass_rate": _mean(s.feasible), f"eval/{t.name}/reward": _mean(s.reward),
                        f"eval/{t.name}/calibrated_reward": _mean(s.calibrated), f"eval/{t.name}/kl": _mean(kl)})
         for judge, rates in s.judge_rates().items():
             record[f"eval/{t.name}/judge/{judge}/pass_rate"] = rates["pass_rate"]
+    if dist.main:  # what the policy wrote, for reading next to the numbers
+        path = config.out / "eval_samples" / (samples_file or f"step-{step + 1}.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(row) + "\n" for row in samples))
     return record
+
+
+def _sample_rows(task: str, prompts: list[Prompt], texts: list[str], scores: TaskScores) -> list[dict[str, Any]]:
+    """One task's evaluation samples (one per prompt) with their verdicts and rewards."""
+    return [{"task": task, "id": p.id, "prompt": p.text, "response": text, "verdicts": verdicts,
+             "feasible": all(v == "pass" for v in verdicts.values()), "reward": reward, "calibrated_reward": cal}
+            for p, text, verdicts, reward, cal in zip(prompts, texts, scores.verdicts, scores.reward,
+                                                      scores.calibrated, strict=True)]
 
 
 def require_engine(config: RunConfig) -> None:
@@ -296,8 +315,6 @@ def _mean(values: list[Any]) -> float:
 
 
 def _as_dict(config: RunConfig) -> dict[str, Any]:
-    import dataclasses
-
     return dataclasses.asdict(config)
 
 
@@ -308,14 +325,14 @@ def eval_checkpoint(config: RunConfig, checkpoint: Path) -> dict[str, float]:
     tokenizer, policy, reference = load_models(config)
     eval_prompts = {t.name: load_prompts(t.eval_prompts) for t in config.tasks if t.eval_prompts}
     loop = ServiceLoop()
-    services = Services(config.tasks)
+    services = Services(config.tasks, [config.eval_reward_model] if config.eval_reward_model else [])
     loop.run(services.__aenter__())
     try:
         ref_engine = HFRollout(reference, tokenizer, config.generation)
         baselines = {t.name: prepare_baselines(t, eval_prompts.get(t.name, []), tokenizer, ref_engine, services,
                                                loop.run, config.out, config.seed) for t in config.tasks}
         return evaluate(config, 0, policy, reference, tokenizer, HFRollout(policy, tokenizer, config.generation),
-                        services, loop, eval_prompts, baselines)
+                        services, loop, eval_prompts, baselines, samples_file=f"{checkpoint.name}.jsonl")
     finally:
         loop.run(services.__aexit__())
         loop.close()

@@ -19,7 +19,7 @@ from typing import Any
 
 from services.common.client import JudgesClient, RewardClient
 from services.common.errors import ServiceError
-from trainer.config import TaskConfig
+from trainer.config import ServiceRef, TaskConfig
 from trainer.data import Prompt
 
 JUDGE_CHUNK = 256  # items per judge request: several requests per task keep the workers busy
@@ -84,7 +84,7 @@ def rm_name(path: str) -> str:
 class Services:
     """The judge and reward-model clients a run's tasks need, opened and closed together."""
 
-    def __init__(self, tasks: Sequence[TaskConfig]) -> None:
+    def __init__(self, tasks: Sequence[TaskConfig], extra_reward_models: Sequence[ServiceRef] = ()) -> None:
         self._judges: dict[str | None, JudgesClient] = {}
         self._rms: dict[str | None, RewardClient] = {}
         embedded_judges = sorted({j for t in tasks if t.judge_service.url is None for j in t.judges})
@@ -96,14 +96,13 @@ class Services:
             url = t.judge_service.url
             if url is not None and url not in self._judges:
                 self._judges[url] = JudgesClient(url, api_key=t.judge_service.api_key)
-        embedded_rms = {rm_name(t.reward_model.embedded): t.reward_model.embedded
-                        for t in tasks if t.reward_model.embedded is not None}
+        refs = [t.reward_model for t in tasks] + list(extra_reward_models)
+        embedded_rms = {rm_name(r.embedded): r.embedded for r in refs if r.embedded is not None}
         if embedded_rms:
             self._rms[None] = RewardClient.embedded(embedded_rms)
-        for t in tasks:
-            url = t.reward_model.url
-            if url is not None and url not in self._rms:
-                self._rms[url] = RewardClient(url, api_key=t.reward_model.api_key)
+        for ref in refs:
+            if ref.url is not None and ref.url not in self._rms:
+                self._rms[ref.url] = RewardClient(ref.url, api_key=ref.api_key)
 
     async def __aenter__(self) -> Services:
         for client in self._clients():
