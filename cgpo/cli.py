@@ -12,6 +12,13 @@ from pathlib import Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return _dispatch(args, parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cgpo`` command line (every subcommand), without running anything."""
     parser = argparse.ArgumentParser(prog="cgpo", description="CGPO: constrained RLHF with a mixture of judges.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -63,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer.warmup import add_arguments as add_warmup_arguments
 
     add_warmup_arguments(warm)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "judges" and args.action == "serve":
         from services.judges.app import build_app
 

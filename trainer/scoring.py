@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,6 +82,10 @@ def rm_name(path: str) -> str:
     return f"{Path(path).name or 'rm'}-{digest}"
 
 
+def _api_key(ref: ServiceRef) -> str | None:
+    return ref.api_key or os.environ.get("CGPO_API_KEY") or None
+
+
 class Services:
     """The judge and reward-model clients a run's tasks need, opened and closed together."""
 
@@ -95,14 +100,15 @@ class Services:
         for t in tasks:
             url = t.judge_service.url
             if url is not None and url not in self._judges:
-                self._judges[url] = JudgesClient(url, api_key=t.judge_service.api_key)
+                self._judges[url] = JudgesClient(url, api_key=_api_key(t.judge_service),
+                                                 max_retries=t.judge_service.retries)
         refs = [t.reward_model for t in tasks] + list(extra_reward_models)
         embedded_rms = {rm_name(r.embedded): r.embedded for r in refs if r.embedded is not None}
         if embedded_rms:
             self._rms[None] = RewardClient.embedded(embedded_rms)
         for ref in refs:
             if ref.url is not None and ref.url not in self._rms:
-                self._rms[ref.url] = RewardClient(ref.url, api_key=ref.api_key)
+                self._rms[ref.url] = RewardClient(ref.url, api_key=_api_key(ref), max_retries=ref.retries)
 
     async def __aenter__(self) -> Services:
         for client in self._clients():

@@ -52,6 +52,9 @@ def test_yaml_with_overrides_by_dotted_path_and_task_name(path):
     (["tasks.math.on_judge_error=ignore"], "tasks.math.on_judge_error"),
     (["steps=0"], "steps"),
     (["nonsense"], "key=value"),
+    (["tasks.math.judge_service={url: 'http://x', retries: -1}"], "tasks.math.judge_service.retries"),
+    (["eval_reward_model={url: 'http://x'}"], "eval_reward_model.model"),
+    (["device=tpu"], "device"),
 ])
 def test_bad_configs_are_rejected_naming_the_field(path, overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
