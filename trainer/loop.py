@@ -211,8 +211,7 @@ def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenize
                   - sequence_logprobs(reference, r.prompt_ids, r.response_ids,
                                       config.generation.temperature).logprobs).tolist()
         parts = dist.gather((scores[t.name], kl, r.text))
-        s = TaskScores(*(sum((getattr(p[0], f) for p in parts), []) for f in
-                         ("verdicts", "reward", "baseline_reward", "calibrated")))
+        s = TaskScores.concat([p[0] for p in parts])
         kl = sum((p[1] for p in parts), [])
         samples += _sample_rows(t.name, eval_prompts[t.name], sum((p[2] for p in parts), []), s)
         record.update({f"eval/{t.name}/pass_rate": _mean(s.feasible), f"eval/{t.name}/reward": _mean(s.reward),

@@ -10,6 +10,7 @@ judges' verdicts, feasibility, and raw, baseline and calibrated rewards.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import threading
@@ -67,6 +68,11 @@ class TaskScores:
     @property
     def errored(self) -> list[bool]:
         return [any(v == "error" for v in vs.values()) for vs in self.verdicts]
+
+    @classmethod
+    def concat(cls, parts: Sequence[TaskScores]) -> TaskScores:
+        """The scores of several shards, in order (data-parallel ranks' shares of one batch)."""
+        return cls(*(sum((getattr(p, f.name) for p in parts), []) for f in dataclasses.fields(cls)))
 
     def judge_rates(self) -> dict[str, dict[str, float]]:
         """judge -> {pass_rate, error_rate} over the samples."""

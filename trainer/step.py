@@ -110,8 +110,7 @@ def _whole_batch(dist: Dist, outcome: Outcome, logp: torch.Tensor,
     mine = torch.cat([torch.arange(sample_start, sample_start + n),
                       torch.arange(baseline_start, baseline_start + len(outcome.baseline_feasible))])
     whole = Outcome(
-        TaskScores(*(sum((getattr(p[0].scores, f) for p in parts), []) for f in
-                     ("verdicts", "reward", "baseline_reward", "calibrated"))),
+        TaskScores.concat([p[0].scores for p in parts]),
         sum((p[0].lengths for p in parts), []), sum((p[0].baseline_feasible for p in parts), []))
     logp_all = torch.cat([p[1] for p in parts] + [p[2] for p in parts])
     ref_all = torch.cat([p[3] for p in parts] + [p[4] for p in parts])

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trainer.config import GenerationConfig
-from trainer.rollout import Rollouts, row_key
+from trainer.rollout import Rollouts, _cut_at_eos, row_key
 
 
 class VLLMRollout:
@@ -139,13 +139,6 @@ def _summed_logprob(ids: list[int], step_logprobs: Any) -> float:
             raise RuntimeError(f"vLLM returned no log-prob for sampled token {token}")
         total += float(step[token].logprob)
     return total
-
-
-def _cut_at_eos(tokens: list[int], eos_ids: frozenset[int]) -> list[int]:
-    for i, token in enumerate(tokens):
-        if token in eos_ids:
-            return tokens[: i + 1]
-    return tokens
 
 
 def _eos_ids(model_path: str, tokenizer: Any) -> frozenset[int]:
