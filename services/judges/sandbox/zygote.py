@@ -94,14 +94,38 @@ def _enter_namespaces(libc, config: dict, state: dict) -> None:
     # mount_setattr(AT_FDCWD, "/", AT_RECURSIVE, ...): Linux >= 5.12, syscall 442 everywhere.
     state["ro_root"] = libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(attr), ctypes.sizeof(attr)) == 0
     options = f"size={config['tmpfs_mb']}m,nr_inodes=16384,mode=0755".encode()
+    # The interpreter or this package may live under /tmp (a checkout in /tmp): hold those trees by fd,
+    # so they can be bound back, read-only, into the private /tmp that is about to hide them.
+    held = [(top, os.open(top, os.O_PATH | os.O_DIRECTORY)) for top in _under_tmp(_needed_paths())]
     if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", ms_nosuid | ms_nodev, options) != 0:
         raise SandboxError(f"cannot mount a private /tmp (errno {ctypes.get_errno()}); "
                            "use Isolation(namespaces=False)")
+    ms_bind, ms_remount, ms_rdonly = 4096, 32, 1
+    for top, fd in held:
+        os.makedirs(top, mode=0o755, exist_ok=True)
+        if libc.mount(f"/proc/self/fd/{fd}".encode(), top.encode(), None, ms_bind | ms_rec, None) == 0:
+            libc.mount(None, top.encode(), None, ms_remount | ms_bind | ms_rdonly | ms_nosuid | ms_nodev, None)
+        os.close(fd)
     if not state["ro_root"]:  # old kernel: at least hide the other world-writable places
         for target in (b"/var/tmp", b"/dev/shm"):
             if os.path.isdir(target):
                 libc.mount(b"tmpfs", target, b"tmpfs", ms_nosuid | ms_nodev, options)
     _expose_python(libc, ms_nosuid | ms_nodev)
+
+
+def _needed_paths() -> set[str]:
+    """The directories the zygote and the sandboxed interpreter read: the venv, the Python install,
+    and the checkout this package is imported from."""
+    venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))  # holds pyvenv.cfg
+    here = os.path.dirname(os.path.abspath(__file__))
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(here)))  # above services/judges/sandbox
+    needed = {venv, sys.prefix, sys.base_prefix, here, checkout}
+    return needed | {os.path.realpath(p) for p in needed}
+
+
+def _under_tmp(paths: set[str]) -> list[str]:
+    """The top-level directories under /tmp that hold any of ``paths``."""
+    return sorted({"/tmp/" + p.split("/")[2] for p in paths if p.startswith("/tmp/") and len(p.split("/")) > 2})
 
 
 def _expose_python(libc, flags: int) -> None:
@@ -111,9 +135,7 @@ def _expose_python(libc, flags: int) -> None:
     directory may be 0700. In our mount namespace only: a tmpfs (0755) over the outermost
     closed ancestor, with each needed path bound back at its own place.
     """
-    venv = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))  # holds pyvenv.cfg
-    needed = {venv, sys.prefix, sys.base_prefix, os.path.dirname(os.path.abspath(__file__))}
-    needed |= {os.path.realpath(p) for p in needed}
+    needed = _needed_paths()
     kept: dict[str, str] = {}  # needed path -> its outermost closed ancestor
     for path in sorted(needed):
         parts = path.split("/")
