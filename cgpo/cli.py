@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on the tasks' eval prompts")
     evaluate.add_argument("config")
     evaluate.add_argument("overrides", nargs="*")
-    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint directory written by cgpo train")
+    evaluate.add_argument("--checkpoint", default=None,
+                          help="a checkpoint directory written by cgpo train (default: the config's initial "
+                               "policy, for the numbers before training)")
 
     demo = sub.add_parser("demo", help="train on a synthetic multi-task world: RM-only RLHF vs CGPO, with a report")
     demo.add_argument("--out", default="runs/demo", help="output directory (the world is cached in OUT/world)")
@@ -55,6 +57,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--jobs", type=int, default=None, help="runs trained in parallel (default: min(2, cores))")
     demo.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
     demo.add_argument("--steps", type=int, default=None, help="training steps per run (default 40; --quick: 3)")
+
+    model = sub.add_parser("model", help="model files").add_subparsers(dest="action", required=True)
+    convert = model.add_parser("convert", help="make a loadable transformers directory from a GGUF file (cached) "
+                                               "and print its path")
+    convert.add_argument("model", help="a .gguf file, package:MODULE/FILE.gguf, or a model directory")
+    convert.add_argument("--layers", type=int, default=None,
+                         help="keep only the first N transformer layers (a smaller base); needs --out")
+    convert.add_argument("--out", default=None, help="write here instead of the cache")
+
+    ifeval = sub.add_parser("ifeval", help="instruction-following data of IFEval's kinds").add_subparsers(
+        dest="action", required=True)
+    gen = ifeval.add_parser("prompts", help="generate training prompts (1-3 IFEval instruction types each)")
+    gen.add_argument("--out", required=True)
+    gen.add_argument("-n", type=int, default=500, help="number of prompts")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--max-words", type=int, default=150, help="longest answer a length instruction may ask for")
+    conv = ifeval.add_parser("convert", help="IFEval's input_data.jsonl as a prompt file (the evaluation set)")
+    conv.add_argument("input")
+    conv.add_argument("--responses", default=None, help="IFEval response JSONL whose responses become baselines")
+    conv.add_argument("--out", required=True)
+    pairs = ifeval.add_parser("pairs", help="reward-model pairs from K policy samples per prompt, ranked by the "
+                                            "share of instructions followed")
+    pairs.add_argument("--policy", required=True, help="the policy to sample (π_ref): directory or GGUF")
+    pairs.add_argument("--prompts", required=True)
+    pairs.add_argument("--out", required=True)
+    pairs.add_argument("-k", type=int, default=4)
+    pairs.add_argument("--temperature", type=float, default=0.7)
+    pairs.add_argument("--max-new-tokens", type=int, default=160)
+    pairs.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    pairs.add_argument("--seed", type=int, default=0)
 
     one = sub.add_parser("judge", help="judge one response and print the verdicts as JSON")
     one.add_argument("prompt")
@@ -97,6 +129,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return run_demo()
     if args.command == "judge":
         return _judge_once(args, parser)
+    if args.command == "model":
+        return _model(args, parser)
+    if args.command == "ifeval":
+        return _ifeval(args, parser)
     if args.command == "demo":
         return _demo(args, parser)
     parser.error("unknown command")
@@ -135,7 +171,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     from trainer.loop import eval_checkpoint
 
-    print(json.dumps(eval_checkpoint(config, Path(args.checkpoint)), indent=2))
+    try:
+        metrics = eval_checkpoint(config, Path(args.checkpoint) if args.checkpoint else None)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -174,6 +214,47 @@ def _rm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from services.rm.worker import run_worker
 
     run_worker(config=config, burst=args.burst)
+    return 0
+
+
+def _model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from services.common.models import ModelPathError, convert_gguf, locate, resolve_model, truncate_layers
+
+    try:
+        if args.layers is not None:
+            if not args.out:
+                parser.error("--layers needs --out")
+            print(truncate_layers(args.model, args.layers, Path(args.out)))
+        elif args.out:
+            gguf = locate(args.model)
+            if gguf is None:
+                parser.error(f"{args.model} is not a GGUF file: nothing to convert")
+            print(convert_gguf(gguf, Path(args.out)))
+        else:
+            print(resolve_model(args.model))
+    except ModelPathError as exc:
+        parser.error(str(exc))
+    return 0
+
+
+def _ifeval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from cgpo import instructions
+
+    try:
+        if args.action == "prompts":
+            rows = instructions.generate_prompts(args.n, seed=args.seed, max_words=args.max_words)
+        elif args.action == "convert":
+            rows = instructions.convert_ifeval(args.input, args.responses)
+        else:
+            if args.k < 2:
+                parser.error("-k must be >= 2 (pairs need two samples)")
+            rows = instructions.sample_preference_pairs(
+                args.policy, args.prompts, k=args.k, temperature=args.temperature,
+                max_new_tokens=args.max_new_tokens, seed=args.seed, precision=args.precision,
+                log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    print(f"wrote {instructions.write_jsonl(args.out, rows)} rows to {args.out}", file=sys.stderr)
     return 0
 
 

@@ -45,3 +45,18 @@ def test_the_judges_gateway_never_imports_torch(subprocess_env):
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "False False", out.stderr
+
+
+def test_ifeval_prompts_and_model_convert_from_the_command_line(subprocess_env, tmp_path):
+    out = tmp_path / "train.jsonl"
+    made = cgpo("ifeval", "prompts", "--out", str(out), "-n", "12", "--seed", "5", env=subprocess_env)
+    assert made.returncode == 0, made.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 and all(1 <= len(r["metadata"]["instruction_id_list"]) <= 3 for r in rows)
+    assert cgpo("ifeval", "prompts", "--out", str(out), "-n", "0", env=subprocess_env).returncode == 2
+    missing = cgpo("model", "convert", str(tmp_path / "none.gguf"), env=subprocess_env)
+    assert missing.returncode == 2 and "no such GGUF file" in missing.stderr
+    plain = cgpo("model", "convert", str(tmp_path), env=subprocess_env)
+    assert plain.returncode == 0 and plain.stdout.strip() == str(tmp_path)  # a directory is already loadable
+    needs_out = cgpo("model", "convert", str(tmp_path), "--layers", "2", env=subprocess_env)
+    assert needs_out.returncode == 2 and "--layers needs --out" in needs_out.stderr

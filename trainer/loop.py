@@ -23,6 +23,8 @@ from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import ConfigError, RunConfig
 from trainer.data import Prompt, PromptSampler, load_prompts, render
 from trainer.distributed import SINGLE, Dist, device_for
+from trainer.ifeval import JUDGE as IFEVAL_JUDGE
+from trainer.ifeval import accuracies as ifeval_accuracies
 from trainer.logprobs import sequence_logprobs
 from trainer.rollout import HFRollout, Rollouts
 from trainer.scoring import ServiceLoop, Services, TaskScores, score_tasks
@@ -36,6 +38,7 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
     (trainer/distributed.py).
     """
     require_engine(config)
+    config = with_resolved_models(config)
     dist = Dist.from_env(config.device)
     try:
         return _train(config, dist, resume, log if dist.main else lambda _: None)
@@ -72,9 +75,10 @@ def _train(config: RunConfig, dist: Dist, resume: bool, log: Any) -> list[dict[s
         baselines = {}
         for rank_turn in (True, False):  # rank 0 samples and caches them; the others then read the cache
             if dist.main == rank_turn:
-                baselines = {t.name: prepare_baselines(t, prompts[t.name] + eval_prompts.get(t.name, []), tokenizer,
-                                                       ref_engine, services, loop.run, out, config.seed)
-                             for t in config.tasks}
+                with autocast(config, reference):
+                    baselines = {t.name: prepare_baselines(t, prompts[t.name] + eval_prompts.get(t.name, []),
+                                                           tokenizer, ref_engine, services, loop.run, out,
+                                                           config.seed) for t in config.tasks}
             dist.barrier()
 
         start = 0
@@ -141,9 +145,10 @@ def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokeni
         first, stop = dist.shard(len(whole))
         batches[t.name], offsets[t.name] = whole[first:stop], first
     prompt_ids = {name: [render(tokenizer, p) for p in batch] for name, batch in batches.items()}
-    rollouts = {t.name: engine.generate(prompt_ids[t.name], t.k, seed=rollout_seed(config.seed, step, i),
-                                        prompt_offset=offsets[t.name])
-                for i, t in enumerate(config.tasks)}
+    with autocast(config, policy):
+        rollouts = {t.name: engine.generate(prompt_ids[t.name], t.k, seed=rollout_seed(config.seed, step, i),
+                                            prompt_offset=offsets[t.name])
+                    for i, t in enumerate(config.tasks)}
     times["generate"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
@@ -161,9 +166,10 @@ def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokeni
         base = [baselines[t.name][p.id] for p in batches[t.name]]
         batch = TaskBatch(t, prompt_ids[t.name], rollouts[t.name], scores[t.name], [b["ids"] for b in base],
                           [b["feasible"] for b in base])
-        metrics, passes = task_update(policy, reference, batch, temperature=config.generation.temperature,
-                                      micro_batch_size=config.optim.micro_batch_size,
-                                      unconstrained=config.unconstrained_baseline, dist=dist)
+        with autocast(config, policy):
+            metrics, passes = task_update(policy, reference, batch, temperature=config.generation.temperature,
+                                          micro_batch_size=config.optim.micro_batch_size,
+                                          unconstrained=config.unconstrained_baseline, dist=dist)
         record.update({f"{t.name}/{key}": value for key, value in metrics.items()})
         times["logprobs"] += passes["logprobs"]
         times["backward"] += passes["backward"]
@@ -183,9 +189,11 @@ def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokeni
 def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenizer: Any, engine: HFRollout,
              services: Services, loop: ServiceLoop, eval_prompts: dict[str, list[Prompt]],
              baselines: dict[str, dict[str, Any]], dist: Dist = SINGLE,
-             samples_file: str | None = None) -> dict[str, float]:
-    """One sample per held-out prompt: judge pass rate, raw and calibrated reward (under
-    ``eval_reward_model`` when set), KL to π_ref.
+             samples_file: str | None = None, kl: bool = True) -> dict[str, float]:
+    """One sample per held-out prompt, drawn with ``generation.for_eval()`` (e.g. greedy): judge pass
+    rate, raw and calibrated reward (under ``eval_reward_model`` when set), KL to π_ref (``kl=False``:
+    reported as 0, for a policy that is π_ref), and for tasks judged by ``instructions`` IFEval's four
+    accuracies (``eval/TASK/ifeval/prompt_strict`` ...).
 
     Each rank evaluates its share of the prompts; the results are gathered, so every rank returns the
     metrics of the whole eval set."""
@@ -195,8 +203,10 @@ def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenize
     shards = {t.name: dist.shard(len(eval_prompts[t.name])) for t in tasks}
     mine = {t.name: eval_prompts[t.name][slice(*shards[t.name])] for t in tasks}
     prompt_ids = {t.name: [render(tokenizer, p) for p in mine[t.name]] for t in tasks}
-    rollouts: dict[str, Rollouts] = {t.name: engine.generate(prompt_ids[t.name], 1, seed=rollout_seed(
-        config.seed + 1, step, i), prompt_offset=shards[t.name][0]) for i, t in enumerate(tasks)}
+    eval_engine = _with_generation(engine, config.generation.for_eval())
+    with autocast(config, policy):
+        rollouts: dict[str, Rollouts] = {t.name: eval_engine.generate(prompt_ids[t.name], 1, seed=rollout_seed(
+            config.seed + 1, step, i), prompt_offset=shards[t.name][0]) for i, t in enumerate(tasks)}
     yardstick = config.eval_reward_model
     scores = loop.run(score_tasks(services, {
         t.name: (t if yardstick is None else dataclasses.replace(t, reward_model=yardstick), mine[t.name],
@@ -206,18 +216,28 @@ def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenize
     samples: list[dict[str, Any]] = []
     for t in tasks:
         r = rollouts[t.name]
-        with torch.no_grad():
-            kl = (sequence_logprobs(policy, r.prompt_ids, r.response_ids, config.generation.temperature).logprobs
-                  - sequence_logprobs(reference, r.prompt_ids, r.response_ids,
-                                      config.generation.temperature).logprobs).tolist()
-        parts = dist.gather((scores[t.name], kl, r.text))
+        if kl:
+            with torch.no_grad(), autocast(config, policy):
+                divergence = (sequence_logprobs(policy, r.prompt_ids, r.response_ids, config.generation.temperature,
+                                                config.optim.micro_batch_size).logprobs
+                              - sequence_logprobs(reference, r.prompt_ids, r.response_ids,
+                                                  config.generation.temperature,
+                                                  config.optim.micro_batch_size).logprobs).tolist()
+        else:
+            divergence = [0.0] * len(r)
+        parts = dist.gather((scores[t.name], divergence, r.text))
         s = TaskScores.concat([p[0] for p in parts])
-        kl = sum((p[1] for p in parts), [])
-        samples += _sample_rows(t.name, eval_prompts[t.name], sum((p[2] for p in parts), []), s)
+        divergence = sum((p[1] for p in parts), [])
+        texts = sum((p[2] for p in parts), [])
+        samples += _sample_rows(t.name, eval_prompts[t.name], texts, s)
         record.update({f"eval/{t.name}/pass_rate": _mean(s.feasible), f"eval/{t.name}/reward": _mean(s.reward),
-                       f"eval/{t.name}/calibrated_reward": _mean(s.calibrated), f"eval/{t.name}/kl": _mean(kl)})
+                       f"eval/{t.name}/calibrated_reward": _mean(s.calibrated),
+                       f"eval/{t.name}/kl": _mean(divergence)})
         for judge, rates in s.judge_rates().items():
             record[f"eval/{t.name}/judge/{judge}/pass_rate"] = rates["pass_rate"]
+        if IFEVAL_JUDGE in t.judges:
+            accuracy = loop.run(ifeval_accuracies(services.judges(t), eval_prompts[t.name], texts))
+            record.update({f"eval/{t.name}/ifeval/{key}": value for key, value in accuracy.items()})
     if dist.main:  # what the policy wrote, for reading next to the numbers
         path = config.out / "eval_samples" / (samples_file or f"step-{step + 1}.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,6 +274,35 @@ def make_engine(config: RunConfig, policy: Any, tokenizer: Any) -> Any:
                          enforce_eager=policy.device.type == "cpu")
     engine.sync_weights(policy)  # a resumed run continues from the checkpoint's weights
     return engine
+
+
+def with_resolved_models(config: RunConfig) -> RunConfig:
+    """The config with its policy and reference as loadable locations (GGUF files converted and cached,
+    services/common/models.py)."""
+    from services.common.models import resolve_model
+
+    return dataclasses.replace(config, policy=resolve_model(config.policy),
+                               reference=resolve_model(config.reference) if config.reference else None)
+
+
+def autocast(config: RunConfig, model: Any) -> Any:
+    """The forward-pass precision of ``config.precision`` on the model's device (a no-op for fp32)."""
+    import contextlib
+
+    if config.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
+
+
+def _with_generation(engine: Any, generation: Any) -> Any:
+    """The engine sampling with other generation settings (the same weights)."""
+    if engine.config == generation:
+        return engine
+    if isinstance(engine, HFRollout):
+        return HFRollout(engine.model, engine.tokenizer, generation, engine.max_batch_rows)
+    other = copy.copy(engine)  # the vLLM engine reads its settings on every call
+    other.config = generation
+    return other
 
 
 def load_models(config: RunConfig, device: Any = None) -> tuple[Any, Any, Any]:
@@ -317,12 +366,17 @@ def _as_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def eval_checkpoint(config: RunConfig, checkpoint: Path) -> dict[str, float]:
-    """Evaluate a saved policy on the tasks' eval prompts (``cgpo eval``)."""
+def eval_checkpoint(config: RunConfig, checkpoint: Path | None = None) -> dict[str, float]:
+    """Evaluate a saved policy on the tasks' eval prompts (``cgpo eval``); without a checkpoint, the
+    initial policy itself (the numbers before training; its KL to π_ref is 0 and is not computed)."""
+    config = with_resolved_models(config)
     config.reference = config.reference or config.policy  # π_ref stays the initial policy
-    config.policy = str(checkpoint)
+    if checkpoint is not None:
+        config.policy = str(checkpoint)
     tokenizer, policy, reference = load_models(config)
     eval_prompts = {t.name: load_prompts(t.eval_prompts) for t in config.tasks if t.eval_prompts}
+    if not eval_prompts:
+        raise ConfigError("no task has eval_prompts: nothing to evaluate")
     loop = ServiceLoop()
     services = Services(config.tasks, [config.eval_reward_model] if config.eval_reward_model else [])
     loop.run(services.__aenter__())
@@ -330,9 +384,10 @@ def eval_checkpoint(config: RunConfig, checkpoint: Path) -> dict[str, float]:
         ref_engine = HFRollout(reference, tokenizer, config.generation)
         baselines = {t.name: prepare_baselines(t, eval_prompts.get(t.name, []), tokenizer, ref_engine, services,
                                                loop.run, config.out, config.seed) for t in config.tasks}
+        name = checkpoint.name if checkpoint is not None else "initial"
         return evaluate(config, 0, policy, reference, tokenizer, HFRollout(policy, tokenizer, config.generation),
-                        services, loop, eval_prompts, baselines, samples_file=f"{checkpoint.name}.jsonl")
+                        services, loop, eval_prompts, baselines, samples_file=f"{name}.jsonl",
+                        kl=checkpoint is not None)
     finally:
         loop.run(services.__aexit__())
         loop.close()
-

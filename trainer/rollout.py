@@ -36,7 +36,7 @@ class Rollouts:
     """The response decoded without special tokens."""
     sampling_logprobs: list[float]
     """Σ_t log q(a_t | prefix), q = softmax(logits / T) restricted to the top-p nucleus and renormalised:
-    the distribution actually sampled from. Equals ``sequence_logprobs`` at the same temperature when
+    the distribution actually sampled from (0 for greedy decoding, temperature 0). Equals ``sequence_logprobs`` at the same temperature when
     top_p = 1; larger (q renormalises over the nucleus) when top_p < 1. ρ uses ``sequence_logprobs``."""
     finished: list[bool]
     """The response ended with EOS (False: cut at ``max_new_tokens``)."""
@@ -123,8 +123,12 @@ class HFRollout:
             for t in range(cfg.max_new_tokens):
                 out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                  use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
-                logq = _processed_logprobs(out.logits[:, -1, :].float(), cfg.temperature, cfg.top_p)  # (N, V)
-                token = gumbel_argmax(logq, row_keys, t)  # (N,)
+                logits = out.logits[:, -1, :].float()  # (N, V)
+                if cfg.temperature == 0:  # greedy: the drawn token has probability 1 under the point mass
+                    token, logq = logits.argmax(-1), torch.zeros_like(logits)
+                else:
+                    logq = _processed_logprobs(logits, cfg.temperature, cfg.top_p)  # (N, V)
+                    token = gumbel_argmax(logq, row_keys, t)  # (N,)
                 token = torch.where(done, self.pad_id, token)
                 total += torch.where(done, 0.0, logq.gather(-1, token[:, None]).squeeze(-1))
                 tokens.append(token)

@@ -58,8 +58,11 @@ class RewardModel:
             self._dtype_name or ("bfloat16" if device.startswith("cuda") else "float32"))
         if dtype is None:
             raise ValueError(f"unknown dtype {self._dtype_name!r}; use float32, bfloat16 or float16")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        model = AutoModelForSequenceClassification.from_pretrained(self.path, num_labels=1, dtype=dtype)
+        from services.common.models import resolve_model
+
+        path = resolve_model(self.path)  # a GGUF file is converted once and cached
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
         if model.config.num_labels != 1:
             raise ValueError(f"reward model {self.path} has {model.config.num_labels} outputs; a Bradley-Terry "
                              "reward model has one")

@@ -326,7 +326,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``cgpo rm train``: 0 when trained and saved, 2 on a bad config or bad data."""
+    from services.common.models import resolve_model
+
     try:
+        args.base = resolve_model(args.base)  # a GGUF base is converted (and cached) first
         config = TrainConfig(**{name: getattr(args, name) for name in _DEFAULTS})
         report = train_reward_model(config, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except ValueError as exc:

@@ -55,6 +55,10 @@ def test_yaml_with_overrides_by_dotted_path_and_task_name(path):
     (["tasks.math.judge_service={url: 'http://x', retries: -1}"], "tasks.math.judge_service.retries"),
     (["eval_reward_model={url: 'http://x'}"], "eval_reward_model.model"),
     (["device=tpu"], "device"),
+    (["generation.temperature=0"], "generation.temperature"),
+    (["generation.eval_temperature=-1"], "generation.eval_temperature"),
+    (["generation.eval_max_new_tokens=0"], "generation.eval_max_new_tokens"),
+    (["precision=fp16"], "precision"),
 ])
 def test_bad_configs_are_rejected_naming_the_field(path, overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -76,3 +80,12 @@ def test_unified_reward_model_replaces_every_tasks_rm_in_the_baseline(path):
     assert {t.reward_model.embedded for t in config.tasks} == {"./one-rm"}
     with pytest.raises(ConfigError, match="unconstrained_baseline"):
         load_config(path, ["unified_reward_model={embedded: ./one-rm}"])
+
+
+def test_evaluation_settings_default_to_the_training_ones(path):
+    config = load_config(path, ["generation.temperature=0.7", "generation.max_new_tokens=32"])
+    assert (config.generation.for_eval().temperature, config.generation.for_eval().max_new_tokens) == (0.7, 32)
+    config = load_config(path, ["generation.eval_temperature=0", "generation.eval_max_new_tokens=64"])
+    evaluation = config.generation.for_eval()
+    assert (evaluation.temperature, evaluation.max_new_tokens) == (0, 64)
+    assert config.generation.temperature == 1.0  # training keeps its own

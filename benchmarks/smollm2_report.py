@@ -1,0 +1,76 @@
+"""The SmolLM2-on-IFEval results as markdown: IFEval's four accuracies before and after training per seed,
+the per-step judge pass rate and KL of each run, and its wall time (benchmarks/smollm2_ifeval.sh).
+
+    python benchmarks/smollm2_report.py runs/smollm2 --runs smollm2-ifeval-s0 smollm2-ifeval-s1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+TASK = "instructions"
+ACCURACIES = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
+
+
+def ifeval(path: Path) -> dict[str, float]:
+    metrics = json.loads(path.read_text())
+    return {name: metrics[f"eval/{TASK}/ifeval/{name}"] for name in ACCURACIES} | {
+        "kl": metrics[f"eval/{TASK}/kl"], "calibrated_reward": metrics[f"eval/{TASK}/calibrated_reward"]}
+
+
+def steps(run: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def report(out: Path, runs: list[str]) -> str:
+    before = ifeval(out / "initial" / "ifeval.json")
+    after = {name: ifeval(out / name / "ifeval.json") for name in runs}
+    lines = ["| IFEval (541 prompts, greedy) | before | " + " | ".join(f"after, {n}" for n in runs)
+             + " | mean gain | spread across seeds |", "|---|---|" + "---|" * len(runs) + "---|---|"]
+    for name in ACCURACIES:
+        values = [after[r][name] for r in runs]
+        spread = max(values) - min(values)
+        gain = statistics.mean(values) - before[name]
+        lines.append(f"| {name.replace('_', ' ')} | {100 * before[name]:.2f} | "
+                     + " | ".join(f"{100 * v:.2f}" for v in values)
+                     + f" | {100 * gain:+.2f} | {100 * spread:.2f} |")
+    lines.append("| KL to π_ref (nats/response) | 0 | " + " | ".join(f"{after[r]['kl']:.2f}" for r in runs)
+                 + " | | |")
+    lines.append("| calibrated reward vs GPT-4 | " + f"{before['calibrated_reward']:.3f} | "
+                 + " | ".join(f"{after[r]['calibrated_reward']:.3f}" for r in runs) + " | | |")
+
+    records = {r: steps(out / r) for r in runs}
+    lines += ["", "| step | " + " | ".join(f"pass rate {r} | KL {r}" for r in runs) + " |",
+              "|---|" + "---|---|" * len(runs)]
+    for i in range(max(len(v) for v in records.values())):
+        cells = []
+        for r in runs:
+            row = records[r][i] if i < len(records[r]) else {}
+            cells += [f"{row.get(f'{TASK}/feasible_rate', float('nan')):.3f}",
+                      f"{row.get(f'{TASK}/kl', float('nan')):+.2f}"]
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+
+    lines += ["", "| run | wall time (train command) | of which steps | s/step | held-out pass rate at the end |",
+              "|---|---|---|---|---|"]
+    for r in runs:
+        wall = float((out / r / "wall_s").read_text())
+        in_steps = sum(v for row in records[r] for k, v in row.items() if k.startswith("time/"))
+        held_out = records[r][-1].get(f"eval/{TASK}/pass_rate", float("nan"))
+        lines.append(f"| {r} | {wall / 60:.1f} min | {in_steps / 60:.1f} min | {in_steps / len(records[r]):.0f} | "
+                     f"{held_out:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--runs", nargs="+", required=True)
+    args = parser.parse_args()
+    print(report(args.out, args.runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""IFEval's four accuracies of a set of responses, from the ``instructions`` judge (Zhou et al. 2023).
+
+* prompt-level: the share of prompts whose every instruction is followed;
+* instruction-level: the share of all instructions followed;
+
+each in the strict mode (the response as written) and the loose mode (the response also counts as
+following an instruction when one of its IFEval variants does: first line, last line or both removed,
+``*`` stripped). The judge returns which instructions were followed (``detail.followed``); a response
+it cannot judge (an ``error`` verdict) counts as following none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from trainer.data import Prompt
+
+JUDGE = "instructions"
+METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
+
+
+async def accuracies(client: Any, prompts: Sequence[Prompt], responses: Sequence[str]) -> dict[str, float]:
+    """``METRICS`` -> accuracy in [0, 1] for one response per prompt (the prompts' metadata holds their
+    ``instruction_id_list`` and ``kwargs``)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    out: dict[str, float] = {}
+    for mode in ("strict", "loose"):
+        items = [{"prompt": p.text, "response": r, "judges": [JUDGE],
+                  "metadata": {**p.metadata, "strict": mode == "strict"}} for p, r in zip(prompts, responses)]
+        results = await client.judge(items) if items else []
+        followed = [_followed(result.verdicts[JUDGE], p) for result, p in zip(results, prompts, strict=True)]
+        out[f"prompt_{mode}"] = _share(all(f) for f in followed)
+        out[f"instruction_{mode}"] = _share(x for f in followed for x in f)
+    return out
+
+
+def _followed(verdict: Any, prompt: Prompt) -> list[bool]:
+    if verdict.verdict == "error":
+        return [False] * len(prompt.metadata.get("instruction_id_list") or [None])
+    return [bool(x) for x in verdict.detail["followed"]]
+
+
+def _share(flags: Any) -> float:
+    flags = list(flags)
+    return sum(flags) / len(flags) if flags else 0.0
