@@ -33,19 +33,13 @@ mkdir -p "$OUT"
 [ -s "$OUT/rm/config.json" ] || $CGPO rm train --base "$OUT/rm-base" --data "$OUT/rm-pairs.jsonl" \
     --out "$OUT/rm" --epochs 2 --lr 5e-5 --batch-size 8 --eval-fraction 0.1 --device cpu
 
-# 3. IFEval before training (the initial policy; greedy, as configured).
+# 3. Per seed: train (wall time recorded), then IFEval on the final checkpoint. With PARALLEL=1 (the
+#    default) the seeds run side by side, the cores shared out between them (one each on 2 cores).
 EVAL="tasks.instructions.eval_prompts=$OUT/ifeval.jsonl"
-if [ ! -s "$OUT/initial/ifeval.json" ]; then
-    mkdir -p "$OUT/initial"
-    $CGPO eval "$CONFIG" output_dir="$OUT/initial" "$EVAL" > "$OUT/initial/ifeval.tmp"
-    mv "$OUT/initial/ifeval.tmp" "$OUT/initial/ifeval.json"
-fi
-
-# 4. Per seed: train (wall time recorded), then IFEval on the final checkpoint.
-for seed in $SEEDS; do
-    run="$OUT/$NAME-s$seed"
+run_seed() {
+    local seed=$1 run="$OUT/$NAME-s$1"
     if [ ! -s "$run/wall_s" ]; then
-        start=$SECONDS
+        local start=$SECONDS
         $CGPO train "$CONFIG" seed="$seed" output_dir="$run" --no-resume
         echo $((SECONDS - start)) > "$run/wall_s"
     fi
@@ -53,6 +47,26 @@ for seed in $SEEDS; do
         $CGPO eval "$CONFIG" output_dir="$run" "$EVAL" --checkpoint "$run/checkpoint" > "$run/ifeval.tmp"
         mv "$run/ifeval.tmp" "$run/ifeval.json"
     fi
-done
+}
+set -- $SEEDS
+if [ "${PARALLEL:-1}" = 1 ] && [ $# -gt 1 ]; then
+    threads=$(( $(nproc) / $# )); [ "$threads" -ge 1 ] || threads=1
+    pids=()
+    for seed in $SEEDS; do
+        mkdir -p "$OUT/$NAME-s$seed"
+        OMP_NUM_THREADS=$threads run_seed "$seed" > "$OUT/$NAME-s$seed.log" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done  # set -e: a failed seed stops the script here
+else
+    for seed in $SEEDS; do run_seed "$seed"; done
+fi
+
+# 4. IFEval before training: the initial policy, evaluated the same way (greedy, as configured).
+if [ ! -s "$OUT/initial/ifeval.json" ]; then
+    mkdir -p "$OUT/initial"
+    $CGPO eval "$CONFIG" output_dir="$OUT/initial" "$EVAL" > "$OUT/initial/ifeval.tmp"
+    mv "$OUT/initial/ifeval.tmp" "$OUT/initial/ifeval.json"
+fi
 
 .venv/bin/python benchmarks/smollm2_report.py "$OUT" --runs $(for s in $SEEDS; do printf '%s ' "$NAME-s$s"; done)

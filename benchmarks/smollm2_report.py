@@ -57,7 +57,7 @@ def report(out: Path, runs: list[str]) -> str:
               "|---|---|---|---|---|"]
     for r in runs:
         wall = float((out / r / "wall_s").read_text())
-        in_steps = sum(v for row in records[r] for k, v in row.items() if k.startswith("time/"))
+        in_steps = sum(row[f"time/{part}_s"] for row in records[r] for part in ("generate", "score", "update"))
         held_out = records[r][-1].get(f"eval/{TASK}/pass_rate", float("nan"))
         lines.append(f"| {r} | {wall / 60:.1f} min | {in_steps / 60:.1f} min | {in_steps / len(records[r]):.0f} | "
                      f"{held_out:.3f} |")

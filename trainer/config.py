@@ -118,6 +118,10 @@ class GenerationConfig:
     as IFEval are usually reported. Unset: ``temperature``."""
     eval_max_new_tokens: int | None = None
     """Longest evaluation response. Unset: ``max_new_tokens``."""
+    max_batch_rows: int | None = None
+    """Most sequences the transformers engine decodes in one batch (bounds KV-cache memory, e.g. when
+    evaluating hundreds of prompts); the draws do not depend on it (counter-based sampling), up to
+    floating-point differences between batch shapes. Unset: all of a call's rows at once."""
 
     def validate(self) -> None:
         if self.engine not in ("hf", "vllm"):
@@ -131,6 +135,8 @@ class GenerationConfig:
         _positive("generation.max_new_tokens", self.max_new_tokens, integer=True)
         if self.eval_max_new_tokens is not None:
             _positive("generation.eval_max_new_tokens", self.eval_max_new_tokens, integer=True)
+        if self.max_batch_rows is not None:
+            _positive("generation.max_batch_rows", self.max_batch_rows, integer=True)
 
     def for_eval(self) -> GenerationConfig:
         """The settings held-out evaluations sample with."""

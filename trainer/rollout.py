@@ -69,7 +69,7 @@ class HFRollout:
                  max_batch_rows: int | None = None) -> None:
         generation_config.validate()
         self.model, self.tokenizer, self.config = model, tokenizer, generation_config
-        self.max_batch_rows = max_batch_rows
+        self.max_batch_rows = max_batch_rows if max_batch_rows is not None else generation_config.max_batch_rows
         self.eos_ids = _eos_ids(model, tokenizer)
         if not self.eos_ids:
             raise ValueError("neither the tokenizer nor the model's generation config names an EOS token")

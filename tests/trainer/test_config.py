@@ -59,6 +59,7 @@ def test_yaml_with_overrides_by_dotted_path_and_task_name(path):
     (["generation.eval_temperature=-1"], "generation.eval_temperature"),
     (["generation.eval_max_new_tokens=0"], "generation.eval_max_new_tokens"),
     (["precision=fp16"], "precision"),
+    (["generation.max_batch_rows=0"], "generation.max_batch_rows"),
 ])
 def test_bad_configs_are_rejected_naming_the_field(path, overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -110,9 +110,10 @@ def greedy(model, prompt, eos, max_new):
     return ids[len(prompt):]
 
 
-@pytest.mark.parametrize("max_batch_rows", [None, 4])
-def test_tiny_top_p_is_greedy_and_matches_uncached_decoding(model, tokenizer, prompt_ids, max_batch_rows):
-    config = GenerationConfig(top_p=1e-6, max_new_tokens=MAX_NEW)
+@pytest.mark.parametrize("max_batch_rows, configured", [(None, None), (4, None), (None, 3)])
+def test_tiny_top_p_is_greedy_and_matches_uncached_decoding(model, tokenizer, prompt_ids, max_batch_rows,
+                                                            configured):
+    config = GenerationConfig(top_p=1e-6, max_new_tokens=MAX_NEW, max_batch_rows=configured)
     out = HFRollout(model, tokenizer, config, max_batch_rows=max_batch_rows).generate(prompt_ids, 2, seed=0)
     with torch.no_grad():
         expected = [greedy(model, p, tokenizer.eos_token_id, MAX_NEW) for p in prompt_ids for _ in range(2)]
