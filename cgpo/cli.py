@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default=None,
                           help="a checkpoint directory written by cgpo train (default: the config's initial "
                                "policy, for the numbers before training)")
+    evaluate.add_argument("--no-kl", action="store_true",
+                          help="skip the KL to the reference (two forward passes over every sample); reported as 0")
 
     demo = sub.add_parser("demo", help="train on a synthetic multi-task world: RM-only RLHF vs CGPO, with a report")
     demo.add_argument("--out", default="runs/demo", help="output directory (the world is cached in OUT/world)")
@@ -172,7 +174,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from trainer.loop import eval_checkpoint
 
     try:
-        metrics = eval_checkpoint(config, Path(args.checkpoint) if args.checkpoint else None)
+        metrics = eval_checkpoint(config, Path(args.checkpoint) if args.checkpoint else None, kl=not args.no_kl)
     except ConfigError as exc:
         parser.error(str(exc))
     print(json.dumps(metrics, indent=2))

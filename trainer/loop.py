@@ -366,9 +366,10 @@ def _as_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def eval_checkpoint(config: RunConfig, checkpoint: Path | None = None) -> dict[str, float]:
+def eval_checkpoint(config: RunConfig, checkpoint: Path | None = None, kl: bool = True) -> dict[str, float]:
     """Evaluate a saved policy on the tasks' eval prompts (``cgpo eval``); without a checkpoint, the
-    initial policy itself (the numbers before training; its KL to π_ref is 0 and is not computed)."""
+    initial policy itself (the numbers before training; its KL to π_ref is 0 and is not computed).
+    ``kl=False`` skips the KL (two forward passes over every sample) and reports it as 0."""
     config = with_resolved_models(config)
     config.reference = config.reference or config.policy  # π_ref stays the initial policy
     if checkpoint is not None:
@@ -387,7 +388,7 @@ def eval_checkpoint(config: RunConfig, checkpoint: Path | None = None) -> dict[s
         name = checkpoint.name if checkpoint is not None else "initial"
         return evaluate(config, 0, policy, reference, tokenizer, HFRollout(policy, tokenizer, config.generation),
                         services, loop, eval_prompts, baselines, samples_file=f"{name}.jsonl",
-                        kl=checkpoint is not None)
+                        kl=kl and checkpoint is not None)
     finally:
         loop.run(services.__aexit__())
         loop.close()

@@ -51,3 +51,32 @@ def test_an_unreachable_service_stops_scoring_with_a_clear_error(rm_dir):
 
     with pytest.raises(ScoringError, match="math.*ServiceUnavailableError"):
         asyncio.run(scenario())
+
+
+def test_a_large_batch_reaches_the_reward_model_in_bounded_requests_in_order(rm_dir):
+    from trainer import scoring
+
+    task = TaskConfig(name="chat", prompts="-", reward_model=ServiceRef(embedded=rm_dir), judges=[])
+    prompts = [Prompt(str(i), f"Question {i}?") for i in range(scoring.RM_CHUNK * 2 + 3)]
+    texts = [f"Answer number {i}." for i in range(len(prompts))]
+    sizes = []
+
+    async def scenario():
+        async with Services([task]) as services:
+            client = services.reward_model(task)[0]
+            score = client.score
+
+            async def counted(model, items, **kwargs):
+                sizes.append(len(items))
+                return await score(model, items, **kwargs)
+
+            client.score = counted
+            whole = await score_tasks(services, {"chat": (task, prompts, texts, list(range(len(prompts))),
+                                                          ["Fine."] * len(prompts))})
+            one_by_one = [await score(services.reward_model(task)[1], [
+                {"prompt": p.text, "response": t, "baseline": "Fine."}]) for p, t in zip(prompts[:3], texts[:3])]
+            return whole["chat"], one_by_one
+
+    whole, one_by_one = asyncio.run(scenario())
+    assert sizes == [scoring.RM_CHUNK, scoring.RM_CHUNK, 3]
+    assert whole.reward[:3] == pytest.approx([r[0].reward for r in one_by_one], abs=1e-5)  # padding only
