@@ -57,7 +57,7 @@ train_seed() {
 parallel $# train_seed $SEEDS
 
 # 4. IFEval (541 prompts, greedy as configured) on the initial policy and on each seed's final checkpoint,
-#    side by side. Rewards are scored 16 responses per request; on one core a request can outlast the
+#    side by side. Rewards are scored 64 responses per request; on one core a request can outlast the
 #    60 s default deadline, hence the longer one. --no-kl: the per-step KL is in metrics.jsonl.
 export CGPO_REQUEST_TIMEOUT_S=${CGPO_REQUEST_TIMEOUT_S:-600}
 eval_run() {

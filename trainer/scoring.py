@@ -25,7 +25,7 @@ from trainer.config import ServiceRef, TaskConfig
 from trainer.data import Prompt
 
 JUDGE_CHUNK = 256  # items per judge request: several requests per task keep the workers busy
-RM_CHUNK = 16  # items per reward-model request, sent one after another: each answers within its deadline
+RM_CHUNK = 64  # items per reward-model request, sent one after another: large evaluations stay in bounded requests
 
 
 class ServiceLoop:
@@ -151,7 +151,7 @@ async def score_task(services: Services, task: TaskConfig, prompts: Sequence[Pro
         items = [{"prompt": prompts[p].text, "response": t, "judges": task.judges, "metadata": prompts[p].metadata}
                  for t, p in zip(texts, prompt_index, strict=True)]
         judge_calls = [client.judge(items[i : i + JUDGE_CHUNK]) for i in range(0, len(items), JUDGE_CHUNK)]
-    async def reward() -> list[Any]:  # chunk by chunk: a large evaluation stays within each request's deadline
+    async def reward() -> list[Any]:  # chunk by chunk: a large evaluation never sends one huge request
         out: list[Any] = []
         for i in range(0, len(rm_items), RM_CHUNK):
             out += await rm.score(model, rm_items[i : i + RM_CHUNK])
