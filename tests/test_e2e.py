@@ -158,8 +158,9 @@ def test_training_through_the_stack_survives_a_dead_worker_and_a_redis_restart(w
         assert requests and set(results) == requests, service
         assert all(r.error is None for r in results.values()), service
         assert client.xlen(keys.stream) == 0 and client.xlen(keys.dead) == 0, service
-    # one judge request per step, one for the final evaluation, one for the baselines; one RM request per
-    # step and one for the evaluation: nothing was submitted twice under a new id
-    assert len(list(client.scan_iter(match=Keys("judges").request("*")))) == STEPS + 2
+    # one judge request per step, one for the final evaluation and two for its IFEval accuracies (strict,
+    # loose), one for the baselines; one RM request per step and one for the evaluation: nothing was
+    # submitted twice under a new id
+    assert len(list(client.scan_iter(match=Keys("judges").request("*")))) == STEPS + 4
     assert len(list(client.scan_iter(match=Keys("rm").request("*")))) == STEPS + 1
     server.stop()
