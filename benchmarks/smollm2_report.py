@@ -18,7 +18,16 @@ ACCURACIES = ("prompt_strict", "instruction_strict", "prompt_loose", "instructio
 def ifeval(path: Path) -> dict[str, float]:
     metrics = json.loads(path.read_text())
     return {name: metrics[f"eval/{TASK}/ifeval/{name}"] for name in ACCURACIES} | {
-        "kl": metrics[f"eval/{TASK}/kl"], "calibrated_reward": metrics[f"eval/{TASK}/calibrated_reward"]}
+        "calibrated_reward": metrics[f"eval/{TASK}/calibrated_reward"]}
+
+
+def _flips(before: Path, after: Path) -> tuple[int, int]:
+    """Prompts that pass (strict) after but not before, and the reverse: the paired view of the gain."""
+    def feasible(path: Path) -> dict[str, bool]:
+        return {row["id"]: row["feasible"] for row in map(json.loads, path.read_text().splitlines())}
+
+    a, b = feasible(before), feasible(after)
+    return sum(b[k] and not a[k] for k in a), sum(a[k] and not b[k] for k in a)
 
 
 def steps(run: Path) -> list[dict[str, float]]:
@@ -37,8 +46,10 @@ def report(out: Path, runs: list[str]) -> str:
         lines.append(f"| {name.replace('_', ' ')} | {100 * before[name]:.2f} | "
                      + " | ".join(f"{100 * v:.2f}" for v in values)
                      + f" | {100 * gain:+.2f} | {100 * spread:.2f} |")
-    lines.append("| KL to π_ref (nats/response) | 0 | " + " | ".join(f"{after[r]['kl']:.2f}" for r in runs)
-                 + " | | |")
+    flips = {r: _flips(out / "initial" / "eval_samples" / "initial.jsonl",
+                       out / r / "eval_samples" / "checkpoint.jsonl") for r in runs}
+    lines.append("| prompts newly passing / newly failing (strict) | | "
+                 + " | ".join(f"{up} / {down}" for up, down in flips.values()) + " | | |")
     lines.append("| calibrated reward vs GPT-4 | " + f"{before['calibrated_reward']:.3f} | "
                  + " | ".join(f"{after[r]['calibrated_reward']:.3f}" for r in runs) + " | | |")
 
@@ -53,14 +64,15 @@ def report(out: Path, runs: list[str]) -> str:
                       f"{row.get(f'{TASK}/kl', float('nan')):+.2f}"]
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
 
-    lines += ["", "| run | wall time (train command) | of which steps | s/step | held-out pass rate at the end |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| run | wall time (train command) | of which steps | s/step | held-out pass rate at the end "
+              "(48 generated prompts, greedy) | KL to π_ref there (nats/response) |", "|---|---|---|---|---|---|"]
     for r in runs:
         wall = float((out / r / "wall_s").read_text())
         in_steps = sum(row[f"time/{part}_s"] for row in records[r] for part in ("generate", "score", "update"))
         held_out = records[r][-1].get(f"eval/{TASK}/pass_rate", float("nan"))
+        kl = records[r][-1].get(f"eval/{TASK}/kl", float("nan"))
         lines.append(f"| {r} | {wall / 60:.1f} min | {in_steps / 60:.1f} min | {in_steps / len(records[r]):.0f} | "
-                     f"{held_out:.3f} |")
+                     f"{held_out:.3f} | {kl:.2f} |")
     return "\n".join(lines)
 
 
