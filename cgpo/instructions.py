@@ -376,7 +376,6 @@ def sample_preference_pairs(policy: str, prompts_path: str | Path, k: int = 4, t
                             batch_prompts: int = 16, log: Callable[[str], None] = print) -> list[dict[str, str]]:
     """K samples per prompt from ``policy`` (π_ref), judged by ``instructions`` (strict), as pairs."""
     import asyncio
-    import contextlib
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -386,6 +385,8 @@ def sample_preference_pairs(policy: str, prompts_path: str | Path, k: int = 4, t
     from services.judges.config import JudgeConfig
     from trainer.config import GenerationConfig
     from trainer.data import load_prompts, render
+    from trainer.ifeval import followed_flags
+    from trainer.loop import autocast
     from trainer.rollout import HFRollout
 
     path = resolve_model(policy)
@@ -393,12 +394,10 @@ def sample_preference_pairs(policy: str, prompts_path: str | Path, k: int = 4, t
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     engine = HFRollout(model, tokenizer, GenerationConfig(temperature=temperature, max_new_tokens=max_new_tokens))
     prompts = load_prompts(prompts_path)
-    cast = (torch.autocast(device_type="cpu", dtype=torch.bfloat16) if precision == "bf16"
-            else contextlib.nullcontext())
     samples: list[list[str]] = []
     for start in range(0, len(prompts), batch_prompts):
         chunk = prompts[start:start + batch_prompts]
-        with cast:
+        with autocast(precision, model):
             rollouts = engine.generate([render(tokenizer, p) for p in chunk], k, seed=seed, prompt_offset=start)
         samples += [rollouts.text[i * k:(i + 1) * k] for i in range(len(chunk))]
         log(f"sampled {len(samples)}/{len(prompts)} prompts")
@@ -409,16 +408,10 @@ def sample_preference_pairs(policy: str, prompts_path: str | Path, k: int = 4, t
             items = [{"prompt": p.text, "response": t, "judges": ["instructions"], "metadata": p.metadata}
                      for p, texts in zip(prompts, samples) for t in texts]
             results = await client.judge(items)
-        shares = [_share_followed(r.verdicts["instructions"]) for r in results]
+        flags = [followed_flags(r.verdicts["instructions"], item["metadata"]) for r, item in zip(results, items)]
+        shares = [sum(f) / len(f) for f in flags]
         return [shares[i * k:(i + 1) * k] for i in range(len(prompts))]
 
     followed = asyncio.run(judge())
     records = [{"prompt": p.text} for p in prompts]
     return preference_pairs(records, samples, followed)
-
-
-def _share_followed(verdict: Any) -> float:
-    if verdict.verdict == "error":
-        return 0.0
-    flags = verdict.detail["followed"]
-    return sum(map(bool, flags)) / len(flags)

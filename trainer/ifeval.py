@@ -30,15 +30,18 @@ async def accuracies(client: Any, prompts: Sequence[Prompt], responses: Sequence
         items = [{"prompt": p.text, "response": r, "judges": [JUDGE],
                   "metadata": {**p.metadata, "strict": mode == "strict"}} for p, r in zip(prompts, responses)]
         results = await client.judge(items) if items else []
-        followed = [_followed(result.verdicts[JUDGE], p) for result, p in zip(results, prompts, strict=True)]
+        followed = [followed_flags(result.verdicts[JUDGE], p.metadata)
+                    for result, p in zip(results, prompts, strict=True)]
         out[f"prompt_{mode}"] = _share(all(f) for f in followed)
         out[f"instruction_{mode}"] = _share(x for f in followed for x in f)
     return out
 
 
-def _followed(verdict: Any, prompt: Prompt) -> list[bool]:
+def followed_flags(verdict: Any, metadata: dict[str, Any]) -> list[bool]:
+    """Per instruction of ``metadata``, whether the ``instructions`` verdict says it was followed (none
+    when the judge answered ``error``)."""
     if verdict.verdict == "error":
-        return [False] * len(prompt.metadata.get("instruction_id_list") or [None])
+        return [False] * len(metadata.get("instruction_id_list") or [None])
     return [bool(x) for x in verdict.detail["followed"]]
 
 

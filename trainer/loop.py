@@ -75,7 +75,7 @@ def _train(config: RunConfig, dist: Dist, resume: bool, log: Any) -> list[dict[s
         baselines = {}
         for rank_turn in (True, False):  # rank 0 samples and caches them; the others then read the cache
             if dist.main == rank_turn:
-                with autocast(config, reference):
+                with autocast(config.precision, reference):
                     baselines = {t.name: prepare_baselines(t, prompts[t.name] + eval_prompts.get(t.name, []),
                                                            tokenizer, ref_engine, services, loop.run, out,
                                                            config.seed) for t in config.tasks}
@@ -145,7 +145,7 @@ def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokeni
         first, stop = dist.shard(len(whole))
         batches[t.name], offsets[t.name] = whole[first:stop], first
     prompt_ids = {name: [render(tokenizer, p) for p in batch] for name, batch in batches.items()}
-    with autocast(config, policy):
+    with autocast(config.precision, policy):
         rollouts = {t.name: engine.generate(prompt_ids[t.name], t.k, seed=rollout_seed(config.seed, step, i),
                                             prompt_offset=offsets[t.name])
                     for i, t in enumerate(config.tasks)}
@@ -166,7 +166,7 @@ def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokeni
         base = [baselines[t.name][p.id] for p in batches[t.name]]
         batch = TaskBatch(t, prompt_ids[t.name], rollouts[t.name], scores[t.name], [b["ids"] for b in base],
                           [b["feasible"] for b in base])
-        with autocast(config, policy):
+        with autocast(config.precision, policy):
             metrics, passes = task_update(policy, reference, batch, temperature=config.generation.temperature,
                                           micro_batch_size=config.optim.micro_batch_size,
                                           unconstrained=config.unconstrained_baseline, dist=dist)
@@ -204,7 +204,7 @@ def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenize
     mine = {t.name: eval_prompts[t.name][slice(*shards[t.name])] for t in tasks}
     prompt_ids = {t.name: [render(tokenizer, p) for p in mine[t.name]] for t in tasks}
     eval_engine = _with_generation(engine, config.generation.for_eval())
-    with autocast(config, policy):
+    with autocast(config.precision, policy):
         rollouts: dict[str, Rollouts] = {t.name: eval_engine.generate(prompt_ids[t.name], 1, seed=rollout_seed(
             config.seed + 1, step, i), prompt_offset=shards[t.name][0]) for i, t in enumerate(tasks)}
     yardstick = config.eval_reward_model
@@ -217,7 +217,7 @@ def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenize
     for t in tasks:
         r = rollouts[t.name]
         if kl:
-            with torch.no_grad(), autocast(config, policy):
+            with torch.no_grad(), autocast(config.precision, policy):
                 divergence = (sequence_logprobs(policy, r.prompt_ids, r.response_ids, config.generation.temperature,
                                                 config.optim.micro_batch_size).logprobs
                               - sequence_logprobs(reference, r.prompt_ids, r.response_ids,
@@ -285,11 +285,11 @@ def with_resolved_models(config: RunConfig) -> RunConfig:
                                reference=resolve_model(config.reference) if config.reference else None)
 
 
-def autocast(config: RunConfig, model: Any) -> Any:
-    """The forward-pass precision of ``config.precision`` on the model's device (a no-op for fp32)."""
+def autocast(precision: str, model: Any) -> Any:
+    """The forward-pass precision (``RunConfig.precision``) on the model's device (a no-op for fp32)."""
     import contextlib
 
-    if config.precision == "fp32":
+    if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=model.device.type, dtype=torch.bfloat16)
 

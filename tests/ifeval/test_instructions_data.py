@@ -98,3 +98,23 @@ def test_accuracies_reproduce_ifevals_figures_for_the_gpt4_responses(tmp_path):
     # the instructions judge's own reproduction of IFEval's reference evaluation (tests/judges)
     assert got == pytest.approx({"prompt_strict": 0.7708, "instruction_strict": 0.8369,
                                  "prompt_loose": 0.7967, "instruction_loose": 0.8561}, abs=5e-5)
+
+
+def test_sampled_pairs_prefer_the_sample_the_judge_rates_higher(tmp_path):
+    from cgpo.instructions import sample_preference_pairs
+    from services.judges.instructions.judge import follows
+    from tests.tiny_models import build_model, build_tokenizer, save_tiny_model
+
+    tok = build_tokenizer()
+    policy = save_tiny_model(tmp_path / "policy", tokenizer=tok,
+                             model=build_model(tok, hidden_size=64, num_heads=2, initializer_range=0.2))
+    rows = generate_prompts(16, seed=1, exclude=["language:response_language"])
+    write_jsonl(tmp_path / "prompts.jsonl", rows)
+    pairs = sample_preference_pairs(str(policy), tmp_path / "prompts.jsonl", k=4, temperature=5.0,
+                                    max_new_tokens=24, precision="bf16", batch_prompts=8, log=lambda _: None)
+    by_prompt = {r["prompt"]: r["metadata"] for r in rows}
+    assert pairs  # hot random samples differ in what they follow (commas, letters, length...)
+    for pair in pairs:
+        instructions, strict = parse(by_prompt[pair["prompt"]])
+        share = {side: sum(follows(pair[side], instructions, strict)) for side in ("chosen", "rejected")}
+        assert share["chosen"] > share["rejected"], pair
