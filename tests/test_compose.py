@@ -161,3 +161,12 @@ def test_docker_compose_accepts_the_files(files):
     done = subprocess.run(["docker-compose", *args, "config", "-q"], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_code_judge_worker_can_build_its_sandbox(compose):
+    """Strict sandbox: root with CAP_SYS_ADMIN and mounts allowed, or every code item is an error."""
+    worker = compose["services"]["judges-worker"]
+    assert "code" in resolve(worker["environment"]["CGPO_JUDGES_ENABLED"]).split(",")
+    assert resolve(worker["environment"]["CGPO_JUDGES_CODE_SANDBOX"]) == "strict"
+    assert worker["user"] == "root" and worker["cap_add"] == ["SYS_ADMIN"]
+    assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"} <= set(worker["security_opt"])

@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from services.common.batching import BatchPolicy, Pending
-from services.common.errors import DeadlineExceededError, JobFailedError, QueueFullError
+from services.common.errors import ConflictError, DeadlineExceededError, JobFailedError, QueueFullError
 from services.common.keys import Keys
-from services.common.queue import GatewayQueue
+from services.common.queue import GatewayQueue, digest
 from services.common.schemas import Job, JobResult
 from services.common.settings import ServiceSettings
 from services.common.worker import Handler, expired_result, run_batch
@@ -72,7 +72,8 @@ class QueueBackend:
         return outputs_of(result)
 
     async def health(self) -> dict[str, Any]:
-        return {"queue_depth": await self.queue.depth(), "workers": await self.queue.live_workers()}
+        return {"queue_depth": await self.queue.depth(), "workers": await self.queue.live_workers(),
+                "late_results": await self.queue.late_results()}
 
 
 class LocalBackend:
@@ -92,8 +93,8 @@ class LocalBackend:
         self.max_queue = max_queue
         self.keep_results = keep_results
         self._pending: list[Pending[tuple[str, list[dict[str, Any]]]]] = []
-        self._futures: dict[str, asyncio.Future[JobResult]] = {}
-        self._done: OrderedDict[str, JobResult] = OrderedDict()
+        self._futures: dict[str, tuple[str, asyncio.Future[JobResult]]] = {}  # job id -> (digest, future)
+        self._done: OrderedDict[str, tuple[str, JobResult]] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handler")
         self._dispatcher: asyncio.Task[None] | None = None
@@ -118,14 +119,18 @@ class LocalBackend:
 
     async def run(self, job_id: str, items: list[dict[str, Any]], timeout_s: float) -> Outputs:
         await self.start()
+        key = digest(items)
+        seen = self._done.get(job_id) or self._futures.get(job_id)
+        if seen is not None and seen[0] != key:
+            raise ConflictError()
         if job_id in self._done:
-            return outputs_of(self._done[job_id])
-        future = self._futures.get(job_id)
+            return outputs_of(self._done[job_id][1])
+        future = seen[1] if seen is not None else None
         if future is None:
             if len(self._pending) >= self.max_queue:
                 raise QueueFullError(f"the embedded queue is full ({self.max_queue} jobs); retry later")
             future = asyncio.get_running_loop().create_future()
-            self._futures[job_id] = future
+            self._futures[job_id] = (key, future)
             now = time.time()
             self._pending.append(Pending((job_id, items), len(items), now, now + timeout_s))
             self._wakeup.set()
@@ -152,14 +157,15 @@ class LocalBackend:
                 self._finish(expired_result(p.job[0]))
             if selection.batch:
                 jobs = [p.job for p in selection.batch]
-                results = await loop.run_in_executor(self._executor, run_batch, self.handler, jobs)
+                deadline = max(p.deadline_s for p in selection.batch)
+                results = await loop.run_in_executor(self._executor, run_batch, self.handler, jobs, deadline)
                 for result in results:
                     self._finish(result)
 
     def _finish(self, result: JobResult) -> None:
-        self._done[result.id] = result
+        key, future = self._futures.pop(result.id)
+        self._done[result.id] = (key, result)
         while len(self._done) > self.keep_results:
             self._done.popitem(last=False)
-        future = self._futures.pop(result.id, None)
-        if future is not None and not future.done():
+        if not future.done():
             future.set_result(result)

@@ -44,6 +44,16 @@ class ValidationError(ServiceError):
     status, code = 422, "invalid_request"
 
 
+class ConflictError(ServiceError):
+    """A request id reused with a different body: the id names another request."""
+
+    status, code = 409, "request_id_conflict"
+
+    def __init__(self, message: str = "this X-Request-ID was already used for a different request body; "
+                                      "send a new id for a new request", detail: Any = None) -> None:
+        super().__init__(message, detail)
+
+
 class RateLimitedError(ServiceError):
     status, code = 429, "rate_limited"
 
@@ -77,7 +87,7 @@ def error_for(status: int, code: str, message: str, detail: Any = None) -> Servi
     """The typed error for an envelope received over HTTP."""
     cls = _BY_CODE.get(code)
     if cls is None:
-        cls = {401: AuthError, 413: PayloadTooLargeError, 422: ValidationError, 429: RateLimitedError,
+        cls = {401: AuthError, 409: ConflictError, 413: PayloadTooLargeError, 422: ValidationError, 429: RateLimitedError,
                503: ServiceUnavailableError, 504: DeadlineExceededError}.get(status, ServiceError)
     err = cls(message, detail)
     err.status = status

@@ -31,12 +31,17 @@ class Keys:
         return f"{self.prefix}:attempts"
 
     @property
+    def stats(self) -> str:
+        """Hash of counters the workers keep (``late_results``: duplicates discarded after the first)."""
+        return f"{self.prefix}:stats"
+
+    @property
     def done_channel(self) -> str:
         """Pub/sub channel on which workers announce finished job ids."""
         return f"{self.prefix}:done"
 
     def request(self, job_id: str) -> str:
-        """Idempotency marker: set once when a job id is first accepted."""
+        """Idempotency marker: the digest of the job's items, set once when its id is first accepted."""
         return f"{self.prefix}:request:{job_id}"
 
     def result(self, job_id: str) -> str:

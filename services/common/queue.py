@@ -18,30 +18,72 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.retry
+import redis.retry
+from redis.backoff import NoBackoff
 
-from services.common.errors import QueueFullError, ServiceUnavailableError
+from services.common.errors import ConflictError, QueueFullError, ServiceUnavailableError
 from services.common.keys import Keys
 from services.common.schemas import ErrorBody, Job, JobResult
 
 log = logging.getLogger(__name__)
 
-# KEYS: request marker, stream. ARGV: ttl_s, job id, max_queue, payload.
-# Returns 1 (queued), 0 (duplicate id: already queued or answered), -1 (queue full).
+# KEYS: request marker, stream. ARGV: ttl_s, job id, max_queue, payload, digest of the items.
+# Returns 1 (queued), 0 (same id and items: already queued or answered), -1 (queue full),
+# -2 (the id was used for other items).
 _SUBMIT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local seen = redis.call('GET', KEYS[1])
+if seen then
+  if seen == ARGV[5] then return 0 end
+  return -2
+end
 if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[3]) then return -1 end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+redis.call('SET', KEYS[1], ARGV[5], 'EX', ARGV[1])
 redis.call('XADD', KEYS[2], '*', 'job', ARGV[2], 'payload', ARGV[4])
 return 1
 """
 
+# KEYS: result, stream, attempts, stats. ARGV: result, ttl_ms, entry id, channel, job id, group.
+# The first result of a job wins: a worker that went silent past the visibility timeout and then
+# finished anyway (its job was run again elsewhere) must not replace what the client already has.
+# Returns 1 (stored), 0 (a result was already there: this one is discarded and counted).
+_COMPLETE = """
+local fresh = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')
+redis.call('XACK', KEYS[2], ARGV[6], ARGV[3])
+redis.call('XDEL', KEYS[2], ARGV[3])
+redis.call('HDEL', KEYS[3], ARGV[3])
+if not fresh then
+  redis.call('HINCRBY', KEYS[4], 'late_results', 1)
+  return 0
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+def digest(items: list[dict[str, Any]]) -> str:
+    """What a request id is bound to: a hash of its items (canonical JSON)."""
+    text = json.dumps(items, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+# After a Redis restart every pooled connection is dead: a command that fails on one is retried
+# once on a fresh connection (all our commands are safe to repeat: submit and complete are
+# idempotent, a repeated read only delays a job until it is reclaimed).
+_RETRY = {"retry_on_error": [redis.ConnectionError, redis.TimeoutError], "socket_connect_timeout": 2}
+
+
+def _retry(module: object) -> object:
+    return module.Retry(NoBackoff(), 1)  # type: ignore[attr-defined]
 
 
 def unavailable(exc: Exception) -> ServiceUnavailableError:
@@ -57,8 +99,8 @@ class GatewayQueue:
         self.max_queue = max_queue
         self.result_ttl_s = result_ttl_s
         self.poll_interval_s = poll_interval_s
-        self.redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5,
-                                       health_check_interval=10)
+        self.redis = aioredis.from_url(url, socket_timeout=5, health_check_interval=10,
+                                       retry=_retry(redis.asyncio.retry), **_RETRY)
         self._submit = self.redis.register_script(_SUBMIT)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -82,16 +124,19 @@ class GatewayQueue:
         await self.redis.aclose()
 
     async def submit(self, job: Job) -> bool:
-        """Queue ``job``; False when its id was seen before (then only wait for it)."""
+        """Queue ``job``; False when its id was seen before with the same items (then only wait for
+        it). The id seen with other items is a ``ConflictError``."""
         try:
             status = await self._submit(
                 keys=[self.keys.request(job.id), self.keys.stream],
-                args=[int(self.result_ttl_s), job.id, self.max_queue, job.model_dump_json()],
+                args=[int(self.result_ttl_s), job.id, self.max_queue, job.model_dump_json(), digest(job.items)],
             )
         except REDIS_ERRORS as exc:
             raise unavailable(exc) from exc
         if status == -1:
             raise QueueFullError(f"the {self.keys.service} queue is full ({self.max_queue} jobs); retry later")
+        if status == -2:
+            raise ConflictError()
         return status == 1
 
     async def wait(self, job_id: str, timeout_s: float) -> JobResult | None:
@@ -126,6 +171,13 @@ class GatewayQueue:
     async def depth(self) -> int:
         try:
             return int(await self.redis.xlen(self.keys.stream))
+        except REDIS_ERRORS as exc:
+            raise unavailable(exc) from exc
+
+    async def late_results(self) -> int:
+        """Results discarded because the job already had one (a worker resumed after being reclaimed)."""
+        try:
+            return int(await self.redis.hget(self.keys.stats, "late_results") or 0)
         except REDIS_ERRORS as exc:
             raise unavailable(exc) from exc
 
@@ -188,7 +240,8 @@ class WorkerQueue:
         self.visibility_ms = int(visibility_timeout_s * 1000)
         self.max_attempts = max_attempts
         self.result_ttl_s = result_ttl_s
-        self.redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+        self.redis = redis.Redis.from_url(url, socket_timeout=10, retry=_retry(redis.retry), **_RETRY)
+        self._complete = self.redis.register_script(_COMPLETE)
         self._last_reclaim_s = 0.0
 
     def ensure_group(self) -> None:
@@ -222,14 +275,21 @@ class WorkerQueue:
         if entry_ids:
             self.redis.xclaim(self.keys.stream, self.keys.group, self.consumer, 0, entry_ids, justid=True)
 
-    def complete(self, claimed: Claimed, result: JobResult) -> None:
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.result(claimed.job.id), result.model_dump_json(), px=int(self.result_ttl_s * 1000))
-            pipe.xack(self.keys.stream, self.keys.group, claimed.entry_id)
-            pipe.xdel(self.keys.stream, claimed.entry_id)
-            pipe.hdel(self.keys.attempts, claimed.entry_id)
-            pipe.publish(self.keys.done_channel, claimed.job.id)
-            pipe.execute()
+    def complete(self, claimed: Claimed, result: JobResult) -> bool:
+        """Store ``result`` unless the job already has one (then count a late result); ack the entry.
+
+        True when this result is the one stored. A result that cannot be written as JSON is
+        stored as the job's error instead, so no output can make a job unanswerable.
+        """
+        try:
+            payload = result.model_dump_json()
+        except ValueError as exc:  # pydantic's serialization errors are ValueErrors
+            error = ErrorBody(code="job_failed", message=f"the result could not be serialized: {exc}")
+            payload = JobResult(id=result.id, error=error).model_dump_json()
+        return bool(self._complete(
+            keys=[self.keys.result(claimed.job.id), self.keys.stream, self.keys.attempts, self.keys.stats],
+            args=[payload, int(self.result_ttl_s * 1000), claimed.entry_id, self.keys.done_channel,
+                  claimed.job.id, self.keys.group]))
 
     def _reclaim(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
         now = time.monotonic()

@@ -6,13 +6,63 @@ unknown fields so a misspelt key is a 422, not a silently ignored option.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+# A lone UTF-16 surrogate: Python's json module decodes "\ud800" into one, but it is not a
+# character, no UTF-8 text can carry it, and it would fail every later step (Redis, tokenizers, JSON
+# answers). Requests are refused with it; outputs have it replaced (U+FFFD).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _surrogate_path(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where in ``value`` (nested dicts, lists, strings) a lone surrogate sits; None if nowhere."""
+    if isinstance(value, str):
+        return path if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _surrogate_path(key, (*path, key)) or _surrogate_path(item, (*path, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _surrogate_path(item, (*path, i))
+            if found is not None:
+                return found
+    return None
+
+
+class Request(Strict):
+    """A public request body: any text in it must be valid Unicode (checked before anything else)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        path = _surrogate_path(data)
+        if path is not None:
+            where = ".".join(map(str, path)) or "body"
+            raise PydanticCustomError("lone_surrogate", "text at {where} contains a lone UTF-16 surrogate "
+                                      "(an unpaired \\ud800-\\udfff escape), which is not a character",
+                                      {"where": _SURROGATE.sub("\ufffd", where)})
+        return data
+
+
+def scrub_text(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if isinstance(value, dict):
+        return {scrub_text(k): scrub_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_text(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------- errors
@@ -50,7 +100,7 @@ class JudgeItem(Strict):
     )
 
 
-class JudgeRequest(Strict):
+class JudgeRequest(Request):
     items: list[JudgeItem] = Field(min_length=1)
 
 
@@ -110,7 +160,7 @@ class ScoreItem(Strict):
     baseline: str | None = Field(default=None, description="Reference response ā for the calibrated reward.")
 
 
-class ScoreRequest(Strict):
+class ScoreRequest(Request):
     model: str = Field(description="Name of the reward model (GET /v1/models).")
     items: list[ScoreItem] = Field(min_length=1)
 
@@ -137,7 +187,7 @@ class ModelList(Strict):
     models: list[ModelInfo]
 
 
-class RewardQuery(BaseModel):
+class RewardQuery(Request):
     """OpenRLHF's remote reward-model request (`--remote_rm_url`): full texts, optional prompts and labels."""
 
     model_config = ConfigDict(extra="ignore")

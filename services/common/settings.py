@@ -15,11 +15,22 @@ class ServiceSettings:
     redis_url: str | None = None
     """Redis URL. Unset: the gateway runs the handler in its own process (embedded default)."""
     api_keys: tuple[str, ...] = ()
-    """Bearer tokens accepted by the gateway (comma-separated). Empty: no auth."""
+    """Bearer tokens accepted by the gateway (comma-separated). Empty: no auth. Each key is a tenant:
+    request ids are scoped by key."""
+    public_paths: tuple[str, ...] = ("/healthz", "/readyz")
+    """Paths answered without a key when keys are set (comma-separated). Add ``/metrics`` for a
+    scraper without a token; ``/docs``, ``/redoc`` and ``/openapi.json`` are protected unless listed."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Largest request body accepted; larger answers 413."""
     max_items: int = 1024
     """Most items in one request; more answers 413."""
+    header_timeout_s: float = 10.0
+    """A connection must deliver a request's headers within this time (from connecting, or from the
+    previous answer on a kept-alive connection); else it is closed (slow-client defence)."""
+    body_timeout_s: float = 30.0
+    """A request's body must arrive within this time after its headers; else 408."""
+    max_connections: int = 1000
+    """Open connections one gateway process holds at most; past it new requests get 503."""
     request_timeout_s: float = 60.0
     """Deadline of a request from arrival; past it the gateway answers 504 and workers skip the job."""
     max_queue: int = 10_000
@@ -42,12 +53,16 @@ class ServiceSettings:
 
     def __post_init__(self) -> None:
         positive = ("max_body_bytes", "max_items", "request_timeout_s", "max_queue", "batch_max_items",
-                    "visibility_timeout_s", "max_attempts", "result_ttl_s")
+                    "visibility_timeout_s", "max_attempts", "result_ttl_s", "header_timeout_s", "body_timeout_s",
+                    "max_connections")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"CGPO_{name.upper()} must be > 0, got {getattr(self, name)!r}")
         if self.batch_max_wait_ms < 0:
             raise ValueError("CGPO_BATCH_MAX_WAIT_MS must be >= 0")
+        bad = [p for p in self.public_paths if not p.startswith("/")]
+        if bad:
+            raise ValueError(f"CGPO_PUBLIC_PATHS must be paths starting with '/', got {bad}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServiceSettings:

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from services.common.batching import BatchPolicy, Pending
 from services.common.keys import Keys
 from services.common.queue import REDIS_ERRORS, Claimed, WorkerQueue
-from services.common.schemas import ErrorBody, JobResult
+from services.common.schemas import ErrorBody, JobResult, scrub_text
 from services.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -39,31 +39,66 @@ class Handler(Protocol):
 
     def setup(self) -> None: ...
 
-    def predict(self, batch: Sequence[Any]) -> Sequence[BaseModel]: ...
+    def predict(self, batch: Sequence[Any], deadline: float | None = None) -> Sequence[BaseModel]:
+        """One output per item, in order. ``deadline`` (Unix time) is when the last job of the batch
+        stops waiting: work still running then is wasted, and a handler should stop it."""
+        ...
 
     def tokens(self, item: Any) -> int:
         """Cost of an item for a token-budget policy (0 when tokens do not matter)."""
         ...
 
 
-def run_batch(handler: Handler, jobs: Sequence[tuple[str, list[dict[str, Any]]]]) -> list[JobResult]:
-    """Run the jobs' items as one batch; one JobResult per job, in order. Never raises."""
+Jobs = Sequence[tuple[str, list[dict[str, Any]]]]
+
+
+def run_batch(handler: Handler, jobs: Jobs, deadline: float | None = None) -> list[JobResult]:
+    """Run the jobs' items as one batch; one JobResult per job, in order. Never raises.
+
+    A job whose items do not validate fails alone. When the batch raises, each of its jobs is
+    run again on its own, so a poison job fails alone and its batch-mates are answered. Outputs
+    are made writable as JSON (lone surrogates replaced) before they leave the worker.
+    """
+    results: dict[int, JobResult] = {}
+    parsed: dict[int, list[Any]] = {}
+    for i, (job_id, items) in enumerate(jobs):
+        try:
+            parsed[i] = [handler.item_type.model_validate(item) for item in items]
+        except Exception as exc:  # noqa: BLE001 - a malformed job answers an error, the others run
+            results[i] = _failed(job_id, f"invalid items: {exc}")
+    runnable = list(parsed)
     try:
-        parsed = [[handler.item_type.model_validate(item) for item in items] for _, items in jobs]
-        flat = [item for items in parsed for item in items]
-        outputs = list(handler.predict(flat))
-        if len(outputs) != len(flat):
-            raise RuntimeError(f"handler returned {len(outputs)} outputs for {len(flat)} items")
-    except Exception as exc:  # noqa: BLE001 - a failing batch answers an error, the worker lives on
-        log.exception("batch of %d job(s) failed", len(jobs))
-        error = ErrorBody(code="job_failed", message=f"the worker could not run this batch: {exc!r}")
-        return [JobResult(id=job_id, error=error) for job_id, _ in jobs]
-    results, start = [], 0
-    for (job_id, _), items in zip(jobs, parsed, strict=True):
-        chunk = outputs[start : start + len(items)]
-        start += len(items)
-        results.append(JobResult(id=job_id, outputs=[o.model_dump(mode="json") for o in chunk]))
+        results |= _predict(handler, jobs, parsed, runnable, deadline)
+    except Exception:  # noqa: BLE001 - find the job that broke the batch by running each alone
+        if len(runnable) == 1:
+            log.exception("job %s failed", jobs[runnable[0]][0])
+        for i in runnable:
+            try:
+                results |= _predict(handler, jobs, parsed, [i], deadline)
+            except Exception as exc:  # noqa: BLE001 - this job's error; the worker lives on
+                log.exception("job %s failed", jobs[i][0])
+                results[i] = _failed(jobs[i][0], f"the worker could not run this job: {exc!r}")
+    return [results[i] for i in range(len(jobs))]
+
+
+def _predict(handler: Handler, jobs: Jobs, parsed: dict[int, list[Any]], which: list[int],
+             deadline: float | None) -> dict[int, JobResult]:
+    flat = [item for i in which for item in parsed[i]]
+    if not flat:
+        return {i: JobResult(id=jobs[i][0], outputs=[]) for i in which}
+    outputs = list(handler.predict(flat, deadline=deadline))
+    if len(outputs) != len(flat):
+        raise RuntimeError(f"handler returned {len(outputs)} outputs for {len(flat)} items")
+    results, start = {}, 0
+    for i in which:
+        chunk = outputs[start : start + len(parsed[i])]
+        start += len(parsed[i])
+        results[i] = JobResult(id=jobs[i][0], outputs=[scrub_text(o.model_dump(mode="json")) for o in chunk])
     return results
+
+
+def _failed(job_id: str, message: str) -> JobResult:
+    return JobResult(id=job_id, error=ErrorBody(code="job_failed", message=scrub_text(message)))
 
 
 def expired_result(job_id: str) -> JobResult:
@@ -124,7 +159,10 @@ class Worker:
         solo = next((p for p in self._buffer if p.job.attempt > 1), None)
         if solo is not None:  # a redelivered job runs alone (it may be what killed a worker)
             self._buffer.remove(solo)
-            self._run([solo])
+            if solo.deadline_s <= time.time():  # nobody waits for it any more
+                self.queue.complete(solo.job, expired_result(solo.job.job.id))
+            else:
+                self._run([solo])
             return True
         selection = self.policy.select(self._buffer, time.time())
         self._buffer = selection.rest
@@ -148,7 +186,8 @@ class Worker:
     def _run(self, batch: list[Pending[Claimed]]) -> None:
         claimed = [p.job for p in batch]
         with _Heartbeat(self.queue, [c.entry_id for c in claimed], self.settings.visibility_timeout_s / 3):
-            results = run_batch(self.handler, [(c.job.id, c.job.items) for c in claimed])
+            results = run_batch(self.handler, [(c.job.id, c.job.items) for c in claimed],
+                                deadline=max(c.job.deadline for c in claimed))
         for c, result in zip(claimed, results, strict=True):
             self.queue.complete(c, result)
         self.jobs_done += len(claimed)

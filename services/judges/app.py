@@ -13,7 +13,7 @@ from prometheus_client import Counter
 from services.common.backends import Backend, LocalBackend, QueueBackend
 from services.common.batching import BatchPolicy
 from services.common.errors import UnknownJudgeError
-from services.common.gateway import create_app, submit
+from services.common.gateway import create_app, document_choices, submit
 from services.common.schemas import ErrorEnvelope, JudgeList, JudgeRequest, JudgeResponse, JudgeResult
 from services.common.settings import ServiceSettings
 from services.judges.config import JudgeConfig
@@ -68,6 +68,7 @@ def build_app(settings: ServiceSettings | None = None, config: JudgeConfig | Non
                      description="Rule and LLM judges for constrained RLHF (CGPO, arXiv 2409.20370): "
                                  "math, code, instruction following, refusal, and LLM classifiers.")
     app.state.judges = {info.name: info for info in describe(config)}
+    document_choices(app, "JudgeItem", "judges", sorted(app.state.judges), array=True)
     app.state.verdicts = Counter("cgpo_judge_verdicts", "Verdicts answered, per judge", ["judge", "verdict"],
                                  registry=app.state.metrics.registry)
     app.include_router(router)

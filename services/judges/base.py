@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from services.common.schemas import Verdict
 
@@ -42,6 +42,8 @@ class Judge(ABC):
     ``setup`` runs once per process before the first batch (load models, start
     process pools). ``judge`` must return exactly one verdict per sample, in
     order, and must not raise for a bad sample: it answers ``error`` for it.
+    ``deadline`` (Unix time) is when the caller stops waiting: a judge whose
+    work can run long stops there and answers ``error`` for what is not done.
     """
 
     name: ClassVar[str]
@@ -55,6 +57,13 @@ class Judge(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release processes or models started by ``setup``."""
 
+    def __enter__(self) -> Self:
+        self.setup()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @abstractmethod
-    def judge(self, samples: Sequence[Sample]) -> list[Verdict]:
+    def judge(self, samples: Sequence[Sample], *, deadline: float | None = None) -> list[Verdict]:
         """One verdict per sample, in order."""

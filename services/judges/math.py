@@ -1,8 +1,7 @@
 """The ``math`` judge: the response's final answer equals ``metadata.answer`` (SPEC §2).
 
-Extraction (parent process, pure string work). Extractors are tried in the
-order of ``formats`` (default: all three, in this order); the first that finds
-an answer wins:
+Extraction. Extractors are tried in the order of ``formats`` (default: all
+three, in this order); the first that finds an answer wins:
 
 * ``final_answer`` — the last "The final answer is X" (also "Final answer: X"),
   as in the CGPO paper; X runs to the end of that sentence (a ``.`` outside
@@ -14,8 +13,8 @@ an answer wins:
 
 A right answer in a format that is not accepted is a violation (``fail``).
 
-Comparison. The fast path, in the parent, decides when both answers are plain
-numbers (exact ``Fraction`` arithmetic, never floats):
+Comparison. The fast path decides when both answers are plain numbers (exact
+``Fraction`` arithmetic, never floats):
 
 * ``1,234`` = ``1234`` (thousands commas in groups of three; ``1,23`` is not a number),
 * currency signs are dropped: ``$5`` = ``\\$5`` = ``5``; ``-$3`` = ``-3``,
@@ -26,11 +25,17 @@ numbers (exact ``Fraction`` arithmetic, never floats):
 Different numbers fail, except a decimal against a fraction with no finite
 decimal expansion (``0.333`` vs ``1/3``): rounding conventions decide that, so
 it goes to math-verify like every non-numeric answer (sets, intervals,
-expressions, ``\\sqrt{}``...). math-verify runs in a ``WorkerPool`` whose hard
-kill enforces ``timeout_s``; its own SIGALRM timeouts are disabled there.
+expressions, ``\\sqrt{}``...).
 
-Trust: ``answer_pattern`` regexes run in the parent; they are configuration
-(dataset or operator), not model output, and are not time-limited.
+Where it runs. Nothing that reads the response runs in the serving process:
+each item goes through a ``WorkerPool`` in two steps, each under a hard kill —
+metadata, extraction and exact arithmetic (``rule_timeout_s``), then
+math-verify for the items the fast path cannot decide (``timeout_s``; its own
+SIGALRM timeouts are disabled there). Extraction and number parsing are linear
+in the response (no regex here can backtrack over a run of whitespace, and
+braces are matched in one pass), so the hard kill is a backstop, not the rule.
+``answer_pattern`` regexes (dataset or operator configuration) run under the
+same limit.
 """
 
 from __future__ import annotations
@@ -53,7 +58,11 @@ FORMATS = ("final_answer", "boxed", "pattern")
 
 _FINAL_ANSWER = re.compile(r"final\s+answer\s*(?:is\b\s*:?|:)\s*", re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
+_SENTENCE_MARK = re.compile(r"[\n${}.]")  # the characters that can end or nest a final-answer sentence
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"), ("*", "*"), ("__", "__"))
+# What str.strip() removes: every str.isspace() character lies at or below U+3000 (a test checks all of Unicode).
+_WHITESPACE = "".join(filter(str.isspace, map(chr, range(0x3001))))
 
 
 def extract_final_answer(text: str) -> str | None:
@@ -69,11 +78,11 @@ def extract_final_answer(text: str) -> str | None:
 
 def extract_boxed(text: str) -> str | None:
     """Content of the last well-formed ``\\boxed{...}``; None if there is none."""
-    for match in reversed(list(_BOXED.finditer(text))):
-        content = _balanced(text, match.end())
-        if content is not None:
-            return clean_answer(content)
-    return None
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    if not starts:
+        return None
+    span = _last_closed(text, starts)
+    return clean_answer(text[span[0] : span[1]]) if span is not None else None
 
 
 def extract_pattern(text: str, pattern: re.Pattern[str]) -> str | None:
@@ -91,16 +100,23 @@ def extract_pattern(text: str, pattern: re.Pattern[str]) -> str | None:
 
 
 def clean_answer(answer: str) -> str | None:
-    """Strip markdown, math delimiters, a whole ``\\boxed{}`` and a final period."""
-    answer = answer.strip()
+    """Strip markdown, math delimiters, a whole ``\\boxed{}`` and a final period.
+
+    Repeats until nothing changes. Each round strips whitespace and final periods
+    (all of them at once: one round per ". " of ". . . ." would be quadratic),
+    then peels one pair of delimiters (a kind at most once: its inner part may not
+    contain its left delimiter, and rounds only shorten the answer) or takes the
+    last box (whose content holds no box), so there are at most ~10 rounds.
+    """
     while True:
         before = answer
-        answer = answer.strip().rstrip(".").strip()
+        answer = answer.rstrip(_WHITESPACE + ".").lstrip()  # the fixed point of .strip().rstrip(".").strip()
         for left, right in _DELIMITERS:
-            inner = answer[len(left) : -len(right)]
-            if answer.startswith(left) and answer.endswith(right) and inner and left not in inner:
-                answer = inner  # "$1$ and $2$" keeps its dollars: the inner part has one
-                break
+            if answer.startswith(left) and answer.endswith(right):
+                inner = answer[len(left) : -len(right)]
+                if inner and left not in inner:
+                    answer = inner  # "$1$ and $2$" keeps its dollars: the inner part has one
+                    break
         if _BOXED.search(answer):
             answer = extract_boxed(answer) or ""
         if answer == before:
@@ -111,68 +127,97 @@ def _sentence(text: str, start: int) -> str:
     """From ``start`` to the end of the sentence: a '.' outside math and braces, or a newline."""
     in_math = False
     depth = 0
-    end = len(text)
-    for i in range(start, len(text)):
+    for mark in _SENTENCE_MARK.finditer(text, start):
+        i = mark.start()
         c = text[i]
-        if c == "\n" and not in_math:
-            end = i
-            break
-        if c == "$" and (i == 0 or text[i - 1] != "\\"):
-            in_math = not in_math
+        if c == "\n":
+            if not in_math:
+                return text[start:i]
+        elif c == "$":
+            if i == 0 or text[i - 1] != "\\":
+                in_math = not in_math
         elif c == "{":
             depth += 1
         elif c == "}":
             depth = max(0, depth - 1)
-        elif c == "." and not in_math and depth == 0 and (i + 1 == len(text) or text[i + 1].isspace()):
-            end = i
-            break
-    return text[start:end]
+        elif not in_math and depth == 0 and (i + 1 == len(text) or text[i + 1].isspace()):
+            return text[start:i]
+    return text[start:]
 
 
-def _balanced(text: str, start: int) -> str | None:
-    """Content from ``start`` (just past a '{') to its matching '}'; None if unbalanced."""
-    depth = 1
-    for i in range(start, len(text)):
+def _last_closed(text: str, starts: list[int]) -> tuple[int, int] | None:
+    """(start, end) of the content of the last box whose brace is closed; None if none is.
+
+    ``starts`` are the boxes' content starts (just past their '{'), in order. One
+    pass over the braces from the first box: a '}' closes the innermost open '{'
+    (a '}' with none open is ignored), and a box closes when the depth falls back
+    to what it was before its '{'.
+    """
+    best: tuple[int, int] | None = None
+    depth = 0
+    open_boxes: list[tuple[int, int]] = []  # (content start, depth before its '{')
+    box = 0
+    for brace in _BRACE.finditer(text, starts[0] - 1):
+        i = brace.start()
         if text[i] == "{":
+            if box < len(starts) and i == starts[box] - 1:
+                open_boxes.append((starts[box], depth))
+                box += 1
             depth += 1
-        elif text[i] == "}":
+        elif depth:
             depth -= 1
-            if depth == 0:
-                return text[start:i]
-    return None
+            if open_boxes and open_boxes[-1][1] == depth:
+                start = open_boxes.pop()[0]
+                if best is None or start > best[0]:
+                    best = (start, i)
+    return best
 
 
 # ---------------------------------------------------------------- numbers
 
 _SPACING = re.compile(r"\\[,!;:]|\\left|\\right")  # "1\\,000" and "10,\\!000" are 1000
+# A plain number: [sign] [currency] [sign] number [%] [units...]. Every quantifier next to
+# whitespace is possessive (*+, ++, ?+), which changes no match here -- what follows each one
+# cannot start with what it gives up -- but leaves one way to split a run of spaces instead of
+# a polynomial number of them ("-" + 110 spaces + "!" took 10 s with plain \s*). Trailing spaces
+# are a number only without a % or unit after them, as in the plain-quantifier pattern.
 _NUMERIC = re.compile(
     r"""
-    (?P<sign>[-+\u2212]?)\s*
-    (?:\\?\$|\\text\{\\\$\}|€|£|¥)?\s*                        # currency
-    (?P<sign2>[-+\u2212]?)\s*
+    (?P<sign>[-+\u2212]?+)\s*+
+    (?:\\?\$|\\text\{\\\$\}|€|£|¥)?+\s*+                      # currency
+    (?P<sign2>[-+\u2212]?+)\s*+
     (?:
         (?P<int>\d{1,3}(?:,\d{3})+|\d+)?(?:\.(?P<frac>\d*))?   # 1,234.5  12  .5  5.
-      | (?P<p>\d+)\s*/\s*(?P<q>\d+)                            # 3/4
-      | \\[dt]?frac(?:\{\s*(?P<fp>-?\d+)\s*\}\{\s*(?P<fq>-?\d+)\s*\}|(?P<fp1>\d)(?P<fq1>\d))
+      | (?P<p>\d++)\s*+/\s*+(?P<q>\d++)                        # 3/4
+      | \\[dt]?frac(?:\{\s*+(?P<fp>-?\d++)\s*+\}\{\s*+(?P<fq>-?\d++)\s*+\}|(?P<fp1>\d)(?P<fq1>\d))
     )
-    \s*(?:\\?%)?                                              # 50% is 50
-    (?:\s*(?:\^\s*\{?\\circ\}?|°)                            # degrees
-      |\s*\\(?:text|mbox|mathrm)\s*\{[^{}]*\}                 # \text{ cm}
-      |\s+(?!(?:and|or|to|plus|minus|times|over|divided|by)\b)[A-Za-z]{2,}  # 42 apples
-    )*
+    (?:
+        (?:\s*+\\?%)?+                                        # 50% is 50
+        (?:\s*+(?:\^\s*+\{?+\\circ\}?+|°)                     # degrees
+          |\s*+\\(?:text|mbox|mathrm)\s*+\{[^{}]*+\}          # \text{ cm}
+          |\s++(?!(?:and|or|to|plus|minus|times|over|divided|by)\b)[A-Za-z]{2,}+  # 42 apples
+        )*+
+      | \s++                                                  # trailing spaces
+    )
     """,
     re.VERBOSE,
 )
 _MAX_DIGITS = 1000  # past this, int() parsing is slow (and capped by CPython); leave it to math-verify
+_CACHED_CHARS = 256  # longer texts are parsed without the cache (it would hold up to 4096 of them)
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_number(text: str) -> Fraction | None:
     """The exact value of a plain number (see the module doc), or None if it is not one."""
+    return _parse_cached(text) if len(text) <= _CACHED_CHARS else _parse(text)
+
+
+def _parse(text: str) -> Fraction | None:
     text = _SPACING.sub("", text.replace("{,}", ",").replace("\\ ", " ").replace("~", " ")).strip()
     text = clean_answer(text) or ""
+    if len(text) > _MAX_DIGITS:
+        return None
     m = _NUMERIC.fullmatch(text)
-    if m is None or len(text) > _MAX_DIGITS:
+    if m is None:
         return None
     negative = (m["sign"] in ("-", "\u2212")) != (m["sign2"] in ("-", "\u2212"))
     p, q = m["p"] or m["fp"] or m["fp1"], m["q"] or m["fq"] or m["fq1"]
@@ -186,6 +231,9 @@ def parse_number(text: str) -> Fraction | None:
         digits = (m["int"] or "0").replace(",", "") + (m["frac"] or "")
         value = Fraction(int(digits), 10 ** len(m["frac"] or ""))
     return -value if negative else value
+
+
+_parse_cached = functools.lru_cache(maxsize=4096)(_parse)
 
 
 def _terminates(x: Fraction) -> bool:
@@ -209,7 +257,44 @@ def compare_numbers(expected: str, extracted: str) -> bool | None:
     return False
 
 
-# ---------------------------------------------------------------- math-verify (worker side)
+# ---------------------------------------------------------------- worker side
+
+
+def extract(response: str, formats: Sequence[str], pattern: re.Pattern[str] | None) -> str | None:
+    """The answer by the first format of ``formats`` that finds one ("pattern" needs ``pattern``)."""
+    for fmt in formats:
+        if fmt == "final_answer":
+            answer = extract_final_answer(response)
+        elif fmt == "boxed":
+            answer = extract_boxed(response)
+        else:
+            answer = extract_pattern(response, pattern) if pattern is not None else None
+        if answer is not None:
+            return answer
+    return None
+
+
+def decide(item: tuple[str, Mapping[str, Any], tuple[str, ...], str | None]) -> Verdict | tuple[str, str]:
+    """Worker step 1: a verdict when metadata, extraction or exact arithmetic settles it, else
+    ``(expected, extracted)`` for math-verify. ``item`` is (response, metadata, formats, default pattern)."""
+    response, metadata, formats, default_pattern = item
+    expected = _expected(metadata)
+    if isinstance(expected, Verdict):
+        return expected
+    if not isinstance(response, str):
+        return errored(f"response must be a string, got {type(response).__name__}")
+    pattern = _pattern(metadata, formats, default_pattern)
+    if isinstance(pattern, Verdict):
+        return pattern
+    extracted = extract(response, formats, pattern)
+    if extracted is None:
+        accepted = [f for f in formats if f != "pattern" or pattern is not None]
+        return failed(extracted=None, expected=expected, method=None,
+                      reason=f"no final answer found (accepted formats: {', '.join(accepted)})")
+    equal = compare_numbers(expected, extracted)
+    if equal is None:
+        return expected, extracted
+    return (passed if equal else failed)(extracted=extracted, expected=expected, method="numeric")
 
 
 def _latex(answer: str) -> str:
@@ -220,7 +305,7 @@ def _latex(answer: str) -> str:
 
 
 def verify_answer(item: tuple[str, str]) -> bool:
-    """Worker function: math-verify's ``verify(parse(gold), parse(pred))``.
+    """Worker step 2: math-verify's ``verify(parse(gold), parse(pred))``.
 
     Runs in a pool worker's main thread with math-verify's own timeouts off
     (they use SIGALRM); the pool's SIGKILL bounds the time instead.
@@ -233,6 +318,15 @@ def verify_answer(item: tuple[str, str]) -> bool:
         raise ValueError(f"math-verify cannot parse the expected answer {expected!r}")
     pred = parse(_latex(extracted), parsing_timeout=None) or parse(extracted, parsing_timeout=None)
     return bool(pred) and verify(gold, pred, timeout_seconds=None)
+
+
+_STEPS = {"decide": decide, "verify": verify_answer}
+
+
+def run_step(task: tuple[str, Any]) -> Any:
+    """The pool's function: ``("decide", item)`` or ``("verify", (expected, extracted))``."""
+    step, item = task
+    return _STEPS[step](item)
 
 
 def warm_up() -> None:
@@ -265,6 +359,7 @@ class MathJudge(Judge):
         formats: Sequence[str] = ("final_answer", "boxed", "pattern"),
         answer_pattern: str | None = None,
         timeout_s: float = 5.0,
+        rule_timeout_s: float = 5.0,
         workers: int | None = None,
     ) -> None:
         """
@@ -273,7 +368,8 @@ class MathJudge(Judge):
                 "pattern" ("pattern" finds nothing when no regex is set).
             answer_pattern: default regex for "pattern"; metadata ``answer_pattern`` overrides it.
             timeout_s: hard limit per math-verify comparison (the worker is killed past it).
-            workers: math-verify processes; default: the CPUs this process may use.
+            rule_timeout_s: hard limit per item of metadata checks, extraction and exact arithmetic.
+            workers: worker processes; default: the CPUs this process may use.
         """
         unknown = [f for f in formats if f not in FORMATS]
         if unknown or not formats:
@@ -283,98 +379,67 @@ class MathJudge(Judge):
         self.formats = tuple(formats)
         self.answer_pattern = re.compile(answer_pattern) if answer_pattern is not None else None
         self.timeout_s = timeout_s
+        self.rule_timeout_s = rule_timeout_s
         self.workers = workers
-        self._pool: WorkerPool | None = None
+        # Built now, started in setup(): pools built before the first start share the fork server's preload.
+        self._pool = WorkerPool(run_step, workers=workers, timeout_s=timeout_s, initializer=warm_up,
+                                preload=("math_verify", __name__))
+        self._started = False
 
     def setup(self) -> None:
-        if self._pool is None:
-            self._pool = WorkerPool(
-                verify_answer,
-                workers=self.workers,
-                timeout_s=self.timeout_s,
-                initializer=warm_up,
-                preload=("math_verify", __name__),
-            )
         self._pool.setup()
+        self._started = True
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-
-    def judge(self, samples: Sequence[Sample]) -> list[Verdict]:
-        verdicts: list[Verdict | None] = [None] * len(samples)
-        slow: list[tuple[int, str, str]] = []  # (index, expected, extracted) for math-verify
-        for i, sample in enumerate(samples):
-            verdict = self._judge_fast(sample)
-            if isinstance(verdict, Verdict):
-                verdicts[i] = verdict
-            else:
-                slow.append((i, *verdict))
-        if slow:
-            for (i, expected, extracted), result in zip(slow, self._verify(slow), strict=True):
-                verdicts[i] = _verdict(result, expected, extracted, self.timeout_s)
-        return verdicts  # type: ignore[return-value]  # every slot is filled above
-
-    def _judge_fast(self, sample: Sample) -> Verdict | tuple[str, str]:
-        """A verdict when metadata, extraction or exact arithmetic settles it, else (expected, extracted)."""
-        expected = _expected(sample.metadata)
-        if isinstance(expected, Verdict):
-            return expected
-        if not isinstance(sample.response, str):
-            return errored(f"response must be a string, got {type(sample.response).__name__}")
-        pattern = self._pattern(sample.metadata)
-        if isinstance(pattern, Verdict):
-            return pattern
-        extracted = self.extract(sample.response, pattern)
-        if extracted is None:
-            return failed(
-                extracted=None,
-                expected=expected,
-                method=None,
-                reason=f"no final answer found (accepted formats: {', '.join(self._accepted(pattern))})",
-            )
-        equal = compare_numbers(expected, extracted)
-        if equal is None:
-            return expected, extracted
-        return (passed if equal else failed)(extracted=extracted, expected=expected, method="numeric")
+        self._pool.close()
+        self._started = False
 
     def extract(self, response: str, pattern: re.Pattern[str] | None = None) -> str | None:
-        """The answer by the first accepted format that finds one (``pattern`` defaults to the constructor's)."""
-        pattern = pattern or self.answer_pattern
-        for fmt in self.formats:
-            if fmt == "final_answer":
-                answer = extract_final_answer(response)
-            elif fmt == "boxed":
-                answer = extract_boxed(response)
+        """The answer by the first accepted format that finds one (``pattern`` defaults to the constructor's).
+
+        Runs in this process, without a time limit: for tools and tests, not for serving.
+        """
+        return extract(response, self.formats, pattern or self.answer_pattern)
+
+    def judge(self, samples: Sequence[Sample], *, deadline: float | None = None) -> list[Verdict]:
+        default = self.answer_pattern.pattern if self.answer_pattern is not None else None
+        tasks = [("decide", (s.response, s.metadata, self.formats, default)) for s in samples]
+        verdicts: list[Verdict | None] = []
+        slow: list[tuple[int, str, str]] = []  # (index, expected, extracted) for math-verify
+        for result in self._map(tasks, self.rule_timeout_s, deadline):
+            if not result.ok:
+                verdicts.append(errored(result.reason("answer extraction")))
+            elif isinstance(result.value, Verdict):
+                verdicts.append(result.value)
             else:
-                answer = extract_pattern(response, pattern) if pattern is not None else None
-            if answer is not None:
-                return answer
-        return None
+                slow.append((len(verdicts), *result.value))
+                verdicts.append(None)
+        checks = self._map([("verify", (e, x)) for _, e, x in slow], self.timeout_s, deadline) if slow else []
+        for (i, expected, extracted), result in zip(slow, checks, strict=True):
+            verdicts[i] = _verdict(result, expected, extracted)
+        return verdicts  # type: ignore[return-value]  # every slot is filled above
 
-    def _accepted(self, pattern: re.Pattern[str] | None) -> list[str]:
-        return [f for f in self.formats if f != "pattern" or pattern is not None]
-
-    def _pattern(self, metadata: Mapping[str, Any]) -> re.Pattern[str] | None | Verdict:
-        """The sample's regex: metadata ``answer_pattern`` (only if "pattern" is accepted), else the constructor's."""
-        raw = metadata.get("answer_pattern")
-        if raw is None or "pattern" not in self.formats:
-            return self.answer_pattern
-        if not isinstance(raw, str):
-            return errored("malformed metadata: 'answer_pattern' must be a string")
+    def _map(self, tasks: list[tuple[str, Any]], timeout_s: float, deadline: float | None) -> list[Result]:
         try:
-            return re.compile(raw)
-        except re.error as exc:
-            return errored(f"malformed metadata: invalid 'answer_pattern' regex: {exc}")
-
-    def _verify(self, slow: list[tuple[int, str, str]]) -> list[Result]:
-        if self._pool is None:
-            self.setup()
-        assert self._pool is not None
-        try:
-            return self._pool.map([(expected, extracted) for _, expected, extracted in slow])
+            if not self._started:
+                self.setup()
+            return self._pool.map(tasks, timeout_s=timeout_s, deadline=deadline)
         except PoolError as exc:
-            return [Result("crashed", error=str(exc))] * len(slow)
+            return [Result("crashed", error=str(exc))] * len(tasks)
+
+
+def _pattern(metadata: Mapping[str, Any], formats: Sequence[str],
+             default: str | None) -> re.Pattern[str] | None | Verdict:
+    """The sample's regex: metadata ``answer_pattern`` (only if "pattern" is accepted), else ``default``."""
+    raw = metadata.get("answer_pattern")
+    if raw is None or "pattern" not in formats:
+        return re.compile(default) if default is not None else None
+    if not isinstance(raw, str):
+        return errored("malformed metadata: 'answer_pattern' must be a string")
+    try:
+        return re.compile(raw)
+    except re.error as exc:
+        return errored(f"malformed metadata: invalid 'answer_pattern' regex: {exc}")
 
 
 def _expected(metadata: Mapping[str, Any]) -> str | Verdict:
@@ -396,10 +461,8 @@ def _expected(metadata: Mapping[str, Any]) -> str | Verdict:
     return answer
 
 
-def _verdict(result: Result, expected: str, extracted: str, timeout_s: float) -> Verdict:
+def _verdict(result: Result, expected: str, extracted: str) -> Verdict:
     detail = {"extracted": extracted, "expected": expected, "method": "math_verify"}
     if result.ok:
         return (passed if result.value else failed)(**detail)
-    if result.status == "timeout":
-        return errored(f"math-verify timed out after {timeout_s:g}s", **detail)
-    return errored(f"math-verify {result.status}: {result.error}", **detail)
+    return errored(result.reason("math-verify"), **detail)

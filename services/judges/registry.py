@@ -47,10 +47,12 @@ def describe(config: JudgeConfig) -> list[JudgeInfo]:
 def build(config: JudgeConfig) -> dict[str, Judge]:
     """Instantiate the judges ``config`` serves (``setup`` is left to the caller)."""
     factories = {
-        "math": lambda: _rule_class("math")(timeout_s=config.math_timeout_s, workers=config.process_count),
-        "code": lambda: _rule_class("code")(timeout_s=config.code_timeout_s, memory_mb=config.code_memory_mb,
+        "math": lambda: _rule_class("math")(timeout_s=config.math_timeout_s, rule_timeout_s=config.rule_timeout_s,
                                             workers=config.process_count),
-        "instructions": lambda: _rule_class("instructions")(),
+        "code": lambda: _rule_class("code")(timeout_s=config.code_timeout_s, memory_mb=config.code_memory_mb,
+                                            workers=config.process_count, sandbox=config.code_sandbox),
+        "instructions": lambda: _rule_class("instructions")(timeout_s=config.rule_timeout_s,
+                                                            workers=config.process_count),
         "refusal": lambda: _rule_class("refusal")(default_mode=config.refusal_mode),
     }
     judges: dict[str, Judge] = {name: factories[name]() for name in config.names if name in factories}

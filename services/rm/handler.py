@@ -42,7 +42,8 @@ class RMHandler:
     def tokens(self, item: RMItem) -> int:
         return 0
 
-    def predict(self, batch: Sequence[RMItem]) -> list[ScoreResult]:
+    def predict(self, batch: Sequence[RMItem], deadline: float | None = None) -> list[ScoreResult]:
+        """Scores in item order. ``deadline`` is not used: a batch is a few bounded forward passes."""
         results: list[ScoreResult | None] = [None] * len(batch)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, item in enumerate(batch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import socket
@@ -11,9 +13,11 @@ import uuid
 
 import pytest
 
+from services.judges import registry
 from services.judges.base import Sample
 from services.judges.code import CodeJudge, MetadataError, build_tests, extract_code, verdict_for
-from services.judges.sandbox import RunResult
+from services.judges.config import JudgeConfig
+from services.judges.sandbox import Isolation, RunResult
 
 TIMEOUT_S = 1.0
 SECRET = "cgpo-secret-" + uuid.uuid4().hex
@@ -50,7 +54,10 @@ MBPP_META = {"unit_tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "
 @pytest.fixture(scope="module")
 def judge():
     os.environ["CGPO_API_KEYS"] = SECRET  # in the service's environment before the sandbox starts
-    judge = CodeJudge(timeout_s=TIMEOUT_S, memory_mb=256, max_processes=8, max_file_bytes=64 << 10, workers=2)
+    # weak: every layer strict mode requires where the machine has them (root with CAP_SYS_ADMIN), and
+    # still a run where it has not; strict itself is tested on its own below.
+    judge = CodeJudge(timeout_s=TIMEOUT_S, memory_mb=256, max_processes=8, max_file_bytes=64 << 10, workers=2,
+                      sandbox="weak")
     judge.setup()
     yield judge
     judge.close()
@@ -91,6 +98,7 @@ def test_build_tests_shapes():
     assert build_tests({"unit_tests": "assert f()\nassert g()"})[0] == ["assert f()\nassert g()"]
     sources, labels = build_tests(HE_META)
     assert sources == [HE_TEST, "check(has_close_elements)"] and labels[1] == "check(has_close_elements)"
+    assert build_tests({"unit_tests": ["assert pow(2, 3) == 8"], "entry_point": "pow"})[0] == ["assert pow(2, 3) == 8"]
 
 
 @pytest.mark.parametrize(
@@ -106,6 +114,8 @@ def test_build_tests_shapes():
         {"test": HE_TEST, "entry_point": "f); import os; os._exit(0); ("},
         {"test": HE_TEST, "entry_point": "lambda"},
         {"test": 5, "entry_point": "f"},
+        {"unit_tests": ["assert f()"], "entry_point": "not a name"},
+        {"unit_tests": [], "entry_point": "f"},
     ],
 )
 def test_malformed_metadata_is_an_error(judge, metadata):
@@ -176,22 +186,111 @@ def test_stderr_in_detail_is_bounded(judge):
     assert verdict.verdict == "fail" and len(verdict.detail["stderr"]) <= 1000
 
 
+def test_every_string_in_a_verdict_is_valid_utf8():
+    """A program's lone surrogates (chr(0xD800)) must not reach the queue, whose JSON encoding would fail."""
+    result = RunResult(status="exception", failed_test=0, exc_type="E\ud800", message="bad \udfff",
+                       traceback=[("<test 0>", 1, "assert f() == '\ud800'")], stderr="x\ud800")
+    verdict = verdict_for(result, ["assert f() == '\ud800'"])
+    json.dumps(verdict.model_dump(), ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+    detail = verdict.detail
+    assert (detail["exception"], detail["message"], detail["stderr"]) == ("E\ufffd", "bad \ufffd", "x\ufffd")
+    assert detail["test"] == detail["line"] == "assert f() == '\ufffd'"
+    error = verdict_for(RunResult(status="error", message="sandbox failure: \ud800"), ["assert True"])
+    assert error.detail["message"] == "sandbox failure: \ufffd"
+
+
+def test_programs_not_started_by_the_deadline_are_errors(judge):
+    good = Sample("p", "def add(a, b):\n    return a + b", MBPP_META)
+    late = judge.judge([good] * 3, deadline=time.time() - 1)
+    assert [(v.verdict, v.detail["error"]) for v in late] == [("error", "deadline")] * 3
+    assert judge.judge([good], deadline=time.time() + 60)[0].verdict == "pass"
+
+
 def test_sandbox_failure_is_an_error():
     verdict = verdict_for(RunResult(status="error", message="sandbox failure: zygote died"), ["assert True"])
     assert verdict.verdict == "error" and verdict.detail["error"] == "sandbox"
 
 
-def test_zygote_killed_mid_batch_is_an_error_then_recovers():
-    judge = CodeJudge(timeout_s=3, workers=1)
+def test_zygote_killed_mid_batch_is_replaced_and_the_program_judged_again():
+    judge = CodeJudge(timeout_s=3, workers=1, sandbox="weak")
     judge.setup()
     try:
         zygote = judge._pool.sandboxes[0]._proc.pid
         threading.Timer(0.3, os.killpg, (zygote, signal.SIGKILL)).start()
         slow = Sample("p", "import time\ntime.sleep(1)\ndef add(a, b):\n    return a + b", MBPP_META)
-        assert judge.judge([slow])[0].verdict == "error"
+        assert judge.judge([slow])[0].verdict == "pass"
+        assert judge._pool.sandboxes[0]._proc.pid != zygote
         assert _one(judge, "def add(a, b):\n    return a + b", MBPP_META).verdict == "pass"
     finally:
         judge.close()
+
+
+def test_a_program_that_takes_down_its_sandbox_twice_fails():
+    verdict = verdict_for(RunResult(status="crashed_sandbox", message="the run ended its sandbox twice"),
+                          ["assert add(1, 2) == 3"])
+    detail = verdict.detail
+    assert (verdict.verdict, detail["reason"], detail["stage"]) == ("fail", "crashed_sandbox", "program")
+
+
+# ---------------------------------------------------------------- strict and weak sandboxes
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the strict sandbox needs root (with CAP_SYS_ADMIN)")
+def test_the_strict_sandbox_is_the_default_and_runs_here():
+    judge = CodeJudge(timeout_s=TIMEOUT_S, workers=1)
+    try:
+        good, bad = judge.judge([Sample("p", "def add(a, b):\n    return a + b", MBPP_META),
+                                 Sample("p", "def add(a, b):\n    return a - b", MBPP_META)])
+        assert judge.sandbox == "strict" and judge.isolation.strict and judge.unavailable is None
+        assert judge._pool.missing_layers == [], judge._pool.isolation
+        assert (good.verdict, bad.verdict) == ("pass", "fail")
+    finally:
+        judge.close()
+
+
+def test_strict_without_the_kernel_layers_runs_nothing(caplog, tmp_path):
+    """Forced degraded (no namespaces): every item is the same error, whatever the program, and the
+    worker's log says once what is missing and how to fix it."""
+    marker = tmp_path / "ran"
+    judge = CodeJudge(timeout_s=TIMEOUT_S, workers=2, isolation=Isolation(namespaces=False))
+    try:
+        with caplog.at_level(logging.WARNING, logger="services.judges.code"):
+            first = judge.judge([Sample("p", "def add(a, b):\n    return a + b", MBPP_META),
+                                 Sample("p", f"open({str(marker)!r}, 'w').close()", MBPP_META),
+                                 Sample("p", "import os\nos.kill(os.getpid(), 40)", MBPP_META),
+                                 Sample("p", "x = 1", {})])
+            second = judge.judge([Sample("p", "def add(a, b):\n    return a - b", MBPP_META)])
+    finally:
+        judge.close()
+    verdicts = first + second
+    assert {(v.verdict, v.detail["error"]) for v in verdicts} == {("error", "sandbox_unavailable")}
+    assert len({v.detail["message"] for v in verdicts}) == 1 and "mount namespace" in verdicts[0].detail["message"]
+    assert not marker.exists() and judge._pool is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "CAP_SYS_ADMIN" in warnings[0] and "CGPO_JUDGES_CODE_SANDBOX=weak" in warnings[0]
+    assert "network namespace" in warnings[0] and "minimal root" in warnings[0]
+
+
+def test_weak_runs_programs_with_what_the_machine_allows():
+    judge = CodeJudge(timeout_s=TIMEOUT_S, workers=1, isolation=Isolation(namespaces=False), sandbox="weak")
+    try:
+        good, bad = judge.judge([Sample("p", "def add(a, b):\n    return a + b", MBPP_META),
+                                 Sample("p", "def add(a, b):\n    return a - b", MBPP_META)])
+        assert (good.verdict, bad.verdict) == ("pass", "fail")
+        assert judge._pool.missing_layers and not judge.isolation.strict
+    finally:
+        judge.close()
+
+
+def test_the_sandbox_setting_is_validated_and_reaches_the_judge():
+    with pytest.raises(ValueError, match="sandbox"):
+        CodeJudge(sandbox="loose")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="CGPO_JUDGES_CODE_SANDBOX"):
+        JudgeConfig.from_env({"CGPO_JUDGES_CODE_SANDBOX": "loose"})
+    assert JudgeConfig.from_env({}).code_sandbox == "strict"
+    config = JudgeConfig.from_env({"CGPO_JUDGES_CODE_SANDBOX": "weak", "CGPO_JUDGES_ENABLED": "code"})
+    assert registry.build(config)["code"].sandbox == "weak"
 
 
 def test_batch_keeps_order_and_mixes_errors(judge):

@@ -11,9 +11,11 @@ class LengthJudge(Judge):
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.deadlines: list[float | None] = []
 
-    def judge(self, samples: Sequence[Sample]) -> list[Verdict]:
+    def judge(self, samples: Sequence[Sample], *, deadline: float | None = None) -> list[Verdict]:
         self.calls.append(len(samples))
+        self.deadlines.append(deadline)
         return [passed() if len(s.response) < 10 else failed(length=len(s.response)) for s in samples]
 
 
@@ -21,7 +23,7 @@ class CrashingJudge(Judge):
     name = "crash"
     description = "always raises"
 
-    def judge(self, samples):
+    def judge(self, samples, *, deadline=None):
         raise RuntimeError("boom")
 
 
@@ -29,7 +31,7 @@ class ShortJudge(Judge):
     name = "wrong_count"
     description = "returns too few verdicts"
 
-    def judge(self, samples):
+    def judge(self, samples, *, deadline=None):
         return []
 
 
@@ -65,3 +67,12 @@ def test_duplicate_judge_names_are_judged_once():
     short = LengthJudge()
     out = JudgeHandler({"short": short}).predict(items(("ok", ["short", "short"])))
     assert short.calls == [1] and list(out[0].verdicts) == ["short"]
+
+
+def test_every_judge_gets_the_batch_deadline():
+    first, second = LengthJudge(), LengthJudge()
+    handler = JudgeHandler({"short": first, "other": second})
+    handler.predict(items(("ok", ["short", "other"]), ("ok", ["other"])), deadline=1234.5)
+    assert first.deadlines == [1234.5] and second.deadlines == [1234.5]
+    handler.predict(items(("ok", ["short"])))
+    assert first.deadlines == [1234.5, None]

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import string
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import langdetect
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from langdetect import DetectorFactory
 
 from services.judges.base import Sample
-from services.judges.instructions import INSTRUCTIONS, InstructionsJudge
-from services.judges.instructions.judge import loose_variants
+from services.judges.instructions import INSTRUCTIONS, InstructionsJudge, catalog, checks, sentences, text
+from services.judges.instructions.judge import follows, loose_variants
 from services.judges.instructions.language import detect_language
 from services.judges.instructions.sentences import count_sentences, split_sentences
 from services.judges.instructions.text import count_capital_words, count_words, treebank_tokens
@@ -27,10 +33,9 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ifeval"
 
 
 @pytest.fixture(scope="module")
-def judge() -> InstructionsJudge:
-    j = InstructionsJudge()
-    j.setup()
-    return j
+def judge() -> Iterator[InstructionsJudge]:
+    with InstructionsJudge(workers=2) as j:
+        yield j
 
 
 def check(judge, response, instruction_id, kwargs=None, strict=True, prompt=""):
@@ -448,3 +453,142 @@ def test_ifeval_gpt4_per_instruction_type(gpt4_followed):
             assert loose_followed or not s, instruction_id  # loose never loses what strict grants
     got = {i: (counts[i], strict_ok[i], loose_ok[i]) for i in counts}
     assert got == PER_TYPE
+
+
+# ---------------------------------------------------------------- linear time, IFEval's matches
+# IFEval's patterns (and NLTK's two final-period rules) backtrack quadratically on long runs.
+# Ours are rewritten to run in one pass; on strings small enough for the originals, every
+# count and token list must equal what the original patterns give.
+
+SAME = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+IFEVAL_PLACEHOLDER = re.compile(r"\[.*?\]")
+IFEVAL_STAR_BULLET = re.compile(r"^\s*\*[^\*].*$", re.MULTILINE)
+IFEVAL_DASH_BULLET = re.compile(r"^\s*-.*$", re.MULTILINE)
+IFEVAL_HIGHLIGHT = re.compile(r"\*[^\n\*]*\*")
+IFEVAL_BOLD = re.compile(r"\*\*[^\n\*]*\*\*")
+IFEVAL_TITLE = re.compile(r"<<[^\n]+>>")
+NLTK_FINAL_PERIOD = re.compile(r"([^\.])(\.)([\]\)}>\"\'»”’ ]*)\s*$")
+NLTK_FINAL_PERIOD_2 = re.compile(r"([^\.])(\.)([\]\)}>\"\']*)\s*$")
+SPACES = [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\xa0", "\u2028", "\u3000"]
+
+
+def strings(alphabet: str | list[str], max_size: int = 40):
+    return st.text(alphabet=st.sampled_from(list(alphabet)), max_size=max_size)
+
+
+@SAME
+@given(strings(["[", "]", "\n", "a", " ", "\r"]))
+def test_placeholders_count_as_ifeval_counts(response):
+    for n in range(4):
+        expected = len(IFEVAL_PLACEHOLDER.findall(response)) >= n
+        assert checks.number_placeholders(checks.Response(response), n) is expected
+
+
+@SAME
+@given(strings(["*", "-", "a", *SPACES]))
+def test_bullets_count_as_ifeval_counts(response):
+    expected = len(IFEVAL_STAR_BULLET.findall(response)) + len(IFEVAL_DASH_BULLET.findall(response))
+    assert checks.number_bullet_lists(checks.Response(response), expected)
+
+
+@SAME
+@given(strings(["*", "a", " ", "\n"]))
+def test_highlights_count_as_ifeval_counts(response):
+    single = sum(1 for h in IFEVAL_HIGHLIGHT.findall(response) if h.strip("*").strip())
+    double = sum(1 for h in IFEVAL_BOLD.findall(response) if h[2:-2].strip())
+    r = checks.Response(response)
+    assert checks.number_highlighted_sections(r, single + double)
+    assert not checks.number_highlighted_sections(r, single + double + 1)
+
+
+def tokens(pieces: list[str], max_size: int = 12):
+    return st.lists(st.sampled_from(pieces), max_size=max_size).map("".join)
+
+
+@SAME
+@given(st.one_of(strings(["<", ">", "a", " ", "\t", "\n", "\u3000"]),
+                 tokens(["<<", ">>", "<", ">", "a", " ", "\n", "\t", "<< >>", "<<a>>"])))
+def test_title_as_ifeval_finds_it(response):
+    expected = any(t.lstrip("<").rstrip(">").strip() for t in IFEVAL_TITLE.findall(response))
+    assert checks.title(checks.Response(response)) is expected
+
+
+def nltk_treebank_tokens(sentence: str) -> list[str]:
+    """NLTK's rewrites: ours with the two final-period rules as NLTK writes them."""
+    originals = {1: NLTK_FINAL_PERIOD, 6: NLTK_FINAL_PERIOD_2}
+    punctuation = [(originals.get(i, pattern), repl) for i, (pattern, repl) in enumerate(text._PUNCTUATION, 1)]
+    for pattern, replacement in [*text._STARTING_QUOTES, *punctuation]:
+        sentence = pattern.sub(replacement, sentence)
+    sentence = " " + sentence + " "
+    for pattern, replacement in text._ENDING_QUOTES + text._CONTRACTIONS:
+        sentence = pattern.sub(replacement, sentence)
+    return sentence.split()
+
+
+CLOSERS = [")", "]", "}", ">", "'", '"', "»", "”", "’"]
+# Mostly sentences that end near a period: the rules are anchored at the end.
+ENDINGS = st.tuples(
+    strings([".", "a", "A", ",", ":", "?", "'", " "], 12), st.sampled_from(["", "a", ".", " "]), st.just("."),
+    strings([*CLOSERS, " ", " ", "."], 8), strings([*SPACES, "b"], 4),
+).map("".join)
+
+
+@SAME
+@given(st.one_of(ENDINGS, strings([".", "a", "A", *CLOSERS, ",", ":", "?", *SPACES], 30)))
+def test_treebank_final_period_rules_as_nltk_writes_them(sentence):
+    assert treebank_tokens(sentence) == nltk_treebank_tokens(sentence)
+
+
+def test_treebank_tables_hold_the_possessive_rules():
+    # The reference above swaps positions 1 and 6 of _PUNCTUATION; make sure those are the rules it means.
+    assert text._PUNCTUATION[0][0].pattern == NLTK_FINAL_PERIOD.pattern.replace("]*)\\s*$", "]*+)\\s*+$")
+    assert text._PUNCTUATION[5][0].pattern == NLTK_FINAL_PERIOD_2.pattern.replace("]*)\\s*$", "]*+)\\s*+$")
+
+
+@SAME
+@given(strings(["a", ".", *SPACES], 20), st.integers(0, 20), st.integers(0, 20))
+def test_last_whitespace_is_nltks(context, start, end):
+    # NLTK takes the last of any ASCII whitespace before a candidate boundary.
+    expected = max(context.rfind(char, start, end) for char in string.whitespace)
+    assert sentences._last_whitespace(context, start, end) == expected
+
+
+@SAME
+@given(strings(["a", "*", "\n", " ", "\r"], 20))
+def test_loose_variants_are_ifevals_for_any_text(response):
+    lines = response.split("\n")
+    cut = ["\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(), "\n".join(lines[1:-1]).strip()]
+    assert loose_variants(response) == [response, response.replace("*", ""), *cut, *(v.replace("*", "") for v in cut)]
+
+
+# The reported inputs (5-15 s each before; hours at 10x), and their 10x.
+PATHOLOGICAL = [
+    ("detectable_content:number_placeholders", {"num_placeholders": 1}, lambda k: "[" * (60_000 * k)),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 1}, lambda k: "\n" * (60_000 * k) + "x"),
+    ("detectable_format:title", {}, lambda k: "<" * (100_000 * k)),
+    ("change_case:capital_word_frequency", {"capital_frequency": 1, "capital_relation": "at least"},
+     lambda k: "a." + " " * (50_000 * k) + "b"),
+]
+
+
+@pytest.mark.parametrize(("instruction_id", "kwargs", "make"), PATHOLOGICAL, ids=[p[0] for p in PATHOLOGICAL])
+@pytest.mark.parametrize("strict", [True, False])
+def test_pathological_responses_take_linear_time(instruction_id, kwargs, make, strict):
+    bound = [catalog.bind(0, instruction_id, kwargs)]
+    for k in (1, 10):
+        start = time.perf_counter()
+        follows(make(k), bound, strict)
+        assert time.perf_counter() - start < 0.5 * k, k
+
+
+# ---------------------------------------------------------------- limits and deadlines
+
+
+def test_an_item_over_the_time_limit_is_an_error():
+    with InstructionsJudge(workers=1, timeout_s=0.2) as j:
+        metadata = {"instruction_id_list": ["change_case:capital_word_frequency"],
+                    "kwargs": [{"capital_frequency": 1, "capital_relation": "at least"}]}
+        slow, quick = Sample("p", "a. b! " * 400_000, metadata), Sample("p", "FINE", metadata)
+        verdicts = j.judge([slow, quick])
+    assert verdicts[0].verdict == "error" and verdicts[0].detail["error"] == "instruction checks timed out after 0.2s"
+    assert verdicts[1].verdict == "pass"

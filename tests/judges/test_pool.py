@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.judges.pool import PoolError, WorkerPool
+from services.judges.pool import PoolError, Result, WorkerPool
 
 TIMEOUT_S = 0.5
 
@@ -86,8 +86,8 @@ def test_every_worker_hanging_at_once(pool):
 
 
 def test_timeout_is_per_item_not_per_chunk(pool):
-    # 4 items of 0.3 s in one chunk: 1.2 s in all, each under the 0.5 s limit.
-    items = [("sleep", 0.3)] * 4
+    # 4 items of 0.3 s in one chunk (chunks of 4 for 32 items): 1.2 s in all, each under the 0.5 s limit.
+    items = [("sleep", 0.3)] * 4 + ok_items(28)
     results = pool.map(items)
     assert all(r.ok for r in results), results
 
@@ -151,3 +151,63 @@ def test_workers_that_never_start_raise_pool_error():
 def test_fork_is_refused():
     with pytest.raises(ValueError, match="fork"):
         WorkerPool(square, start_method="fork")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- per-call limits and deadlines
+
+
+def test_per_call_timeout_overrides_the_pools(pool):
+    results = pool.map([("sleep", 0.3), ("ok", 1)], timeout_s=0.1)
+    assert results[0].status == "timeout" and results[0].error == "timed out after 0.1s"
+    assert results[1].ok
+    assert pool.map([("sleep", 0.3)])[0].ok  # the pool's own 0.5 s again
+
+
+def test_deadline_kills_running_items_and_answers_the_rest(pool):
+    # Chunks of 4: two chunks of quick items, then two workers running hangs, then the rest.
+    items = ok_items(8) + [("hang", None)] * 6 + ok_items(40)
+    restarts = pool.restarts
+    start = time.monotonic()
+    results = pool.map(items, timeout_s=60, deadline=time.time() + 1.0)
+    elapsed = time.monotonic() - start
+    assert 0.9 < elapsed < 1.5  # not 6 hangs x 60 s
+    assert_ok(results[:8], items[:8])  # done before the deadline: kept
+    assert {r.status for r in results[8:]} == {"deadline"}
+    stopped = [i for i, r in enumerate(results) if r.error == "stopped at the request's deadline"]
+    assert stopped == [8, 12]  # one hang running per worker
+    assert all(r.error == "not run: the request's deadline had passed" for r in results[9:12] + results[13:])
+    assert pool.restarts == restarts + 2
+    ok = ok_items(20)
+    start = time.monotonic()
+    assert_ok(pool.map(ok), ok)  # the respawned workers serve the next call
+    assert time.monotonic() - start < 1.0
+
+
+def test_past_deadline_runs_nothing(pool):
+    restarts = pool.restarts
+    results = pool.map([("crash", None)] * 3, deadline=time.time() - 1)
+    assert [r.status for r in results] == ["deadline"] * 3
+    assert pool.restarts == restarts  # nothing ran, so nothing crashed
+
+
+def test_quick_results_held_back_are_not_blamed_for_a_hang(pool):
+    # Results of quick items are sent in batches; a hang right after them must still be
+    # attributed to the hanging item, and the quick ones answered.
+    items = [("ok", 0), ("ok", 1), ("ok", 2), ("hang", None)] * 2
+    results = pool.map(items)
+    assert [r.status for r in results] == ["ok", "ok", "ok", "timeout"] * 2
+    assert_ok(results, items)
+
+
+def test_an_item_after_a_slow_one_gets_its_own_clock(pool):
+    # One chunk of two items (chunks of 2 for 9 items on 2 workers): 0.4 s, then 0.45 s, each
+    # under the 0.5 s limit. The second item's clock must start when the first one's result
+    # arrives, not when the chunk was sent (which would kill it 0.1 s in).
+    items = [("sleep", 0.4), ("sleep", 0.45)] + ok_items(7)
+    assert all(r.ok for r in pool.map(items))
+
+
+def test_result_reason_names_what_failed():
+    assert Result("timeout", error="timed out after 5s").reason("math-verify") == "math-verify timed out after 5s"
+    assert Result("crashed", error="worker died").reason("x") == "x crashed: worker died"
+    assert "deadline" in Result("deadline", error="stopped at the request's deadline").reason("x")

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from services.judges.base import Sample
@@ -55,3 +57,17 @@ def test_bad_mode_is_an_error_not_a_guess():
     assert v.verdict == "error" and "mode" in v.detail["error"]
     with pytest.raises(ValueError):
         RefusalJudge("sometimes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", [
+    " " * 8_000_000 + "I'm sorry",  # strip() walks the whole run, in C
+    "I'm sorry " * 800_000,  # only the opening's 300 characters meet the regex
+    "I " * 4_000_000,
+    "\n" * 8_000_000,
+])
+def test_cost_per_item_is_bounded_whatever_the_length(text):
+    """The judge runs in the serving process: an 8 MB response must cost milliseconds (module doc)."""
+    judge = RefusalJudge()
+    start = time.perf_counter()
+    judge.judge([Sample("p", text)], deadline=time.time() + 1)
+    assert time.perf_counter() - start < 0.05

@@ -176,3 +176,44 @@ def test_reward_client_embedded_matches_direct_scores(rm_path):
     assert [m.name for m in listed.models] == ["helpful"]
     assert result.reward == pytest.approx(direct(rm_path, PROMPT, "Paris."), abs=1e-5)
     assert result.calibrated == pytest.approx(1 / (1 + math.exp(-(result.reward - result.baseline_reward))))
+
+
+@pytest.mark.parametrize("mode", ["embedded", "queue"])
+def test_text_json_cannot_carry_is_refused_and_never_fails_batch_mates(mode, rm_path, redis_url):
+    settings = ServiceSettings(redis_url=redis_url if mode == "queue" else None, batch_max_wait_ms=50,
+                               request_timeout_s=20)
+    config = RMConfig(models=(f"helpful={rm_path}",))
+    headers = {"Content-Type": "application/json"}
+    score_body = '{"model": "helpful", "items": [{"prompt": "p", "response": "bad \\udc80"}]}'
+    reward_body = '{"query": ["fine", "bad \\ud800"]}'
+
+    async def scenario():
+        async with serve(settings, config) as client:
+            worker = contextlib.nullcontext()
+            if mode == "queue":
+                handler = RMHandler.from_config(config, make_cache(settings, config))
+                worker = _worker_thread(handler, settings)
+            with worker:
+                return await asyncio.gather(
+                    client.post("/v1/score", content=score_body, headers=headers),
+                    client.post("/get_reward", content=reward_body, headers=headers),
+                    client.post("/v1/score", json={"model": "helpful", "items": [{"prompt": "p", "response": "ok"}]}))
+
+    bad_score, bad_reward, good = asyncio.run(scenario())
+    for bad, where in ((bad_score, "items.0.response"), (bad_reward, "query.1")):
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+        assert where in bad.json()["error"]["detail"][0]["msg"]
+    assert good.status_code == 200 and good.json()["results"][0]["reward"] == pytest.approx(
+        direct(rm_path, "p", "ok"), abs=1e-5)
+
+
+@contextlib.contextmanager
+def _worker_thread(handler: RMHandler, settings: ServiceSettings):
+    worker = Worker(handler, settings, SERVICE)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(10)

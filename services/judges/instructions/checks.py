@@ -11,6 +11,12 @@ Where IFEval interpolates an argument into a regular expression unescaped
 (keywords, forbidden words, a custom postscript marker, the section splitter)
 we match it literally: identical on IFEval's data, and a keyword such as
 "C++" or "e.g." means its letters, not a pattern.
+
+Every check is linear in the response. Where IFEval's pattern backtracks
+quadratically on a long run ("[" * 60000 with ``\\[.*?\\]``, newlines with
+``^\\s*\\*[^\\*].*$``, "<" * 100000 with ``<<[^\\n]+>>``), the pattern here
+finds the same matches in one pass; tests/judges/test_instructions.py checks
+each against IFEval's on random strings.
 """
 
 from __future__ import annotations
@@ -26,13 +32,20 @@ from services.judges.instructions.text import count_capital_words, count_words
 LESS_THAN, AT_LEAST = "less than", "at least"
 RELATIONS = (LESS_THAN, AT_LEAST)
 
-_PLACEHOLDER = re.compile(r"\[.*?\]")
-_STAR_BULLET = re.compile(r"^\s*\*[^\*].*$", re.MULTILINE)
-_DASH_BULLET = re.compile(r"^\s*-.*$", re.MULTILINE)
-_HIGHLIGHT = re.compile(r"\*[^\n\*]*\*")
-_BOLD = re.compile(r"\*\*[^\n\*]*\*\*")
+# IFEval's \[.*?\] matches from a "[" to the first "]" on its line. Where there is none, no "["
+# before the line's end has one either, so the failed attempt consumes them all (group 1 unset).
+_PLACEHOLDER = re.compile(r"\[[^\]\n]*+(\])?")
+# IFEval's ^\s*\*[^\*].*$ and ^\s*-.*$ (multiline): \s* crosses newlines, so every line start
+# in a run of blank lines ends its whitespace at the same place and fails or matches the same way;
+# a failed attempt consumes the run (group 1 unset) instead of retrying at each of its line starts.
+_STAR_BULLET = re.compile(r"^\s*+(\*[^\*].*$)?", re.MULTILINE)
+_DASH_BULLET = re.compile(r"^\s*+(-.*$)?", re.MULTILINE)
+_HIGHLIGHT = re.compile(r"\*[^\n\*]*+\*")
+_BOLD = re.compile(r"\*\*[^\n\*]*+\*\*")
 _PARAGRAPH_DIVIDER = re.compile(r"\s?\*\*\*\s?")
-_TITLE = re.compile(r"<<[^\n]+>>")
+# IFEval's <<[^\n]+>> matches at most once per line: from its first "<<" to its last ">>" (at
+# least one character between). This finds each line's first "<<" and the rest of the line.
+_TITLE_LINE = re.compile(r"<<[^\n]*+")
 _PS = re.compile(r"p\.\s?s\.")
 _PPS = re.compile(r"p\.\s?p\.\s?s")
 _CONSTRAINED_OPTIONS = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
@@ -165,7 +178,7 @@ def nth_paragraph_first_word(r: Response, num_paragraphs: int, nth_paragraph: in
     paragraph = pieces[nth_paragraph - 1].strip()
     if not paragraph:
         return False
-    word = paragraph.split()[0].lstrip("'").lstrip('"')
+    word = paragraph.split(maxsplit=1)[0].lstrip("'").lstrip('"')
     first = []
     for char in word:
         if char in _FIRST_WORD_STOP:
@@ -179,7 +192,7 @@ def nth_paragraph_first_word(r: Response, num_paragraphs: int, nth_paragraph: in
 
 def number_placeholders(r: Response, num_placeholders: int) -> bool:
     """detectable_content:number_placeholders -- at least N ``[...]`` placeholders (non-greedy, one line)."""
-    return len(_PLACEHOLDER.findall(r.text)) >= num_placeholders
+    return _PLACEHOLDER.findall(r.text).count("]") >= num_placeholders
 
 
 def postscript(r: Response, postscript_marker: str) -> bool:
@@ -205,7 +218,8 @@ def number_bullet_lists(r: Response, num_bullets: int) -> bool:
     Bullets are lines matching ``^\\s*\\*[^\\*].*$`` (``* item``, not ``**bold``)
     plus lines matching ``^\\s*-.*$`` (``- item``), counted separately.
     """
-    return len(_STAR_BULLET.findall(r.text)) + len(_DASH_BULLET.findall(r.text)) == num_bullets
+    bullets = sum(1 for m in _STAR_BULLET.findall(r.text) if m) + sum(1 for m in _DASH_BULLET.findall(r.text) if m)
+    return bullets == num_bullets
 
 
 def constrained_response(r: Response) -> bool:
@@ -253,8 +267,17 @@ def json_format(r: Response) -> bool:
 
 
 def title(r: Response) -> bool:
-    """detectable_format:title -- a non-blank title in double angular brackets, ``<<title>>``, on one line."""
-    return any(t.lstrip("<").rstrip(">").strip() for t in _TITLE.findall(r.text))
+    """detectable_format:title -- a non-blank title in double angular brackets, ``<<title>>``, on one line.
+
+    IFEval's ``<<[^\\n]+>>`` takes, on each line, its first ``<<`` to its last ``>>``;
+    the title is that text without its leading ``<`` and trailing ``>``, stripped.
+    """
+    for match in _TITLE_LINE.finditer(r.text):
+        line = match.group()
+        end = line.rfind(">>", 3)  # at least one character between "<<" and ">>"
+        if end >= 0 and line[: end + 2].lstrip("<").rstrip(">").strip():
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- combination

@@ -11,6 +11,11 @@ A response passes iff it follows every instruction in
   a closing remark and markdown emphasis.
 
 A blank response follows no instruction, in either mode.
+
+Each sample is judged in a ``WorkerPool`` process under a hard per-item limit
+(``timeout_s``), never in the serving process: the checks are linear in the
+response, but an 8 MiB response still costs seconds, and the serving process
+must keep answering health checks and heartbeats meanwhile.
 """
 
 from __future__ import annotations
@@ -24,14 +29,20 @@ from services.judges.instructions import catalog
 from services.judges.instructions.checks import Response
 from services.judges.instructions.language import load_profiles
 from services.judges.instructions.sentences import load_model
+from services.judges.pool import PoolError, WorkerPool
 
 
 def loose_variants(response: str) -> list[str]:
-    """IFEval's 8 loose-mode variants of ``response``, in IFEval's order."""
-    lines = response.split("\n")
-    no_first = "\n".join(lines[1:]).strip()
-    no_last = "\n".join(lines[:-1]).strip()
-    no_both = "\n".join(lines[1:-1]).strip()
+    """IFEval's 8 loose-mode variants of ``response``, in IFEval's order.
+
+    IFEval joins the lines of ``response.split("\\n")`` without the first, the last,
+    or both; those are the text after the first newline, before the last, and between
+    the two (cut here without building the list of lines).
+    """
+    first, last = response.find("\n"), response.rfind("\n")
+    no_first = response[first + 1 :].strip() if first >= 0 else ""
+    no_last = response[:last].strip() if last >= 0 else ""
+    no_both = response[first + 1 : last].strip() if first < last else ""
     cut = [no_first, no_last, no_both]
     return [response, response.replace("*", ""), *cut, *(v.replace("*", "") for v in cut)]
 
@@ -43,6 +54,29 @@ def follows(response: str, instructions: Sequence[catalog.Bound], strict: bool) 
     # variant's costly counts (language, sentences, ...) are computed at most once.
     views = [Response(t) for t in dict.fromkeys(t for t in texts if t.strip())]
     return [any(instruction(view) for view in views) for instruction in instructions]
+
+
+def judge_one(sample: Sample) -> Verdict:
+    """One verdict (the pool's function); malformed metadata or a crashing checker gives ``error``."""
+    try:
+        instructions, strict = catalog.parse(sample.metadata)
+    except catalog.MetadataError as exc:
+        return errored(str(exc))
+    try:
+        followed = follows(sample.response, instructions, strict)
+    except Exception as exc:  # noqa: BLE001 - a checker bug is this sample's error, not the batch's
+        return errored(f"checker failed: {type(exc).__name__}: {exc}")
+    ids = [instruction.id for instruction in instructions]
+    detail = {"followed": followed, "instruction_ids": ids, "mode": "strict" if strict else "loose"}
+    if all(followed):
+        return passed(**detail)
+    return failed(**detail, failed_ids=[i for i, ok in zip(ids, followed) if not ok])
+
+
+def load_tables() -> None:
+    """Load langdetect's profiles and the Punkt parameters (the pool's worker initializer)."""
+    load_profiles()
+    load_model()
 
 
 class InstructionsJudge(Judge):
@@ -66,26 +100,34 @@ class InstructionsJudge(Judge):
         "passes if it holds once the first and/or last line, or the asterisks, are removed).",
     }
 
+    def __init__(self, *, timeout_s: float = 5.0, workers: int | None = None) -> None:
+        """
+        Args:
+            timeout_s: hard limit per sample (all its instructions, every loose variant);
+                the worker is killed past it and the sample answers ``error``.
+            workers: worker processes; default: the CPUs this process may use.
+        """
+        self.timeout_s = timeout_s
+        # Built now, started in setup(): pools built before the first start share the fork server,
+        # which imports `warm` (the tables) once for every worker it forks.
+        self._pool = WorkerPool(judge_one, workers=workers, timeout_s=timeout_s, initializer=load_tables,
+                                preload=("services.judges.instructions.warm",))
+        self._started = False
+
     def setup(self) -> None:
-        """Load langdetect's profiles and the Punkt model before the first batch."""
-        load_profiles()
-        load_model()
+        """Start the workers (each with langdetect's profiles and the Punkt model loaded)."""
+        self._pool.setup()
+        self._started = True
 
-    def judge(self, samples: Sequence[Sample]) -> list[Verdict]:
-        return [self.judge_one(sample) for sample in samples]
+    def close(self) -> None:
+        self._pool.close()
+        self._started = False
 
-    def judge_one(self, sample: Sample) -> Verdict:
-        """One verdict; malformed metadata or a crashing checker gives ``error``."""
+    def judge(self, samples: Sequence[Sample], *, deadline: float | None = None) -> list[Verdict]:
         try:
-            instructions, strict = catalog.parse(sample.metadata)
-        except catalog.MetadataError as exc:
-            return errored(str(exc))
-        try:
-            followed = follows(sample.response, instructions, strict)
-        except Exception as exc:  # noqa: BLE001 - a checker bug is this sample's error, not the batch's
-            return errored(f"checker failed: {type(exc).__name__}: {exc}")
-        ids = [instruction.id for instruction in instructions]
-        detail = {"followed": followed, "instruction_ids": ids, "mode": "strict" if strict else "loose"}
-        if all(followed):
-            return passed(**detail)
-        return failed(**detail, failed_ids=[i for i, ok in zip(ids, followed) if not ok])
+            if not self._started:
+                self.setup()
+            results = self._pool.map(list(samples), deadline=deadline)
+        except PoolError as exc:
+            return [errored(f"instruction checks unavailable: {exc}")] * len(samples)
+        return [r.value if r.ok else errored(r.reason("instruction checks")) for r in results]

@@ -48,6 +48,7 @@ _REALIGN = re.compile(r'["\')\]}]+?(?:\s+|(?=--)|$)', re.MULTILINE)
 _NUMERIC = re.compile(r"^-?[\.,]?\d[\d,\.-]*\.?$")
 _INITIAL = re.compile(r"[^\W\d]\.$")
 _ELLIPSIS = re.compile(r"\.\.+$")
+_LAST_SPACE = re.compile(rf"[{re.escape(string.whitespace)}](?=[^{re.escape(string.whitespace)}]*\Z)")
 _SENT_END = (".", "?", "!")
 _PUNCTUATION = (";", ":", ",", ".", "!", "?")
 
@@ -140,12 +141,26 @@ def _candidates(text: str) -> Iterator[tuple[re.Match[str], str]]:
 
 
 def _last_whitespace(text: str, start: int, end: int) -> int:
-    """Offset of the last ASCII whitespace in ``text[start:end]``, or -1."""
-    return max(text.rfind(char, start, end) for char in string.whitespace)
+    """Offset of the last ASCII whitespace in ``text[start:end]``, or -1.
+
+    One search (the whitespace with none after it before ``end``) instead of an
+    ``rfind`` per whitespace character: this runs once per candidate boundary.
+    """
+    match = _LAST_SPACE.search(text, start, end)
+    return match.start() if match else -1
 
 
 def _has_sentbreak(context: str) -> bool:
-    """Whether a token of ``context`` other than its last one is a sentence break."""
+    """Whether a token of ``context`` other than its last one is a sentence break.
+
+    A pure function of the context (the model is fixed): short contexts are
+    memoised, since degenerate text ("? ? ? ?", "1. 1. 1.") repeats a few of them
+    over and over, and each costs a few microseconds of tokenising.
+    """
+    return _sentbreak_cached(context) if len(context) <= _CACHED_CHARS else _sentbreak(context)
+
+
+def _sentbreak(context: str) -> bool:
     tokens = [_Token(tok) for line in context.split("\n") for tok in _WORD.findall(line)]
     for token in tokens:
         _annotate_type(token)
@@ -154,6 +169,10 @@ def _has_sentbreak(context: str) -> bool:
         if token.sentbreak:
             return True
     return False
+
+
+_CACHED_CHARS = 64
+_sentbreak_cached = functools.lru_cache(maxsize=1 << 14)(_sentbreak)
 
 
 def _annotate_type(token: _Token) -> None:

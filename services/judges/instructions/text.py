@@ -14,6 +14,7 @@ Two different notions of "word" appear in IFEval:
 
 from __future__ import annotations
 
+import functools
 import re
 
 from services.judges.instructions.sentences import split_sentences
@@ -28,11 +29,29 @@ def count_words(text: str) -> int:
 
 def count_capital_words(text: str) -> int:
     """Number of ``nltk.word_tokenize`` tokens of ``text`` that are all upper case."""
-    return sum(token.isupper() for sentence in split_sentences(text) for token in treebank_tokens(sentence))
+    return sum(_capital_words(sentence) for sentence in split_sentences(text))
+
+
+def _capital_words(sentence: str) -> int:
+    """Capital tokens of one sentence; short sentences are memoised (degenerate text repeats them)."""
+    return _capitals_cached(sentence) if len(sentence) <= _CACHED_CHARS else _capitals(sentence)
+
+
+def _capitals(sentence: str) -> int:
+    return sum(token.isupper() for token in treebank_tokens(sentence))
+
+
+_CACHED_CHARS = 256
+_capitals_cached = functools.lru_cache(maxsize=1 << 12)(_capitals)
 
 
 # NLTK 3.8.1's ``NLTKWordTokenizer`` (an improved Penn Treebank tokenizer):
 # regex rewrites applied in this order to one sentence, then a whitespace split.
+# The two final-period rules are NLTK's with possessive quantifiers (*+): NLTK's
+# ``([^\.])(\.)(closers*)\s*$`` splits a run of spaces between ``closers*`` (the
+# class holds " ") and ``\s*`` in every way before failing ("a." + 50,000 spaces
+# + "b": quadratic). Both patterns succeed only with the closers and the spaces
+# each taken whole, so giving up nothing changes no match (a test checks it).
 _STARTING_QUOTES = (
     (re.compile("([«“‘„]|[`]+)"), r" \1 "),
     (re.compile(r'^"'), r"``"),
@@ -41,12 +60,12 @@ _STARTING_QUOTES = (
     (re.compile(r"(?i)(\')(?!re|ve|ll|m|t|s|d|n)(\w)\b"), r"\1 \2"),
 )
 _PUNCTUATION = (
-    (re.compile(r"([^\.])(\.)([\]\)}>\"\'»”’ ]*)\s*$"), r"\1 \2 \3 "),
+    (re.compile(r"([^\.])(\.)([\]\)}>\"\'»”’ ]*+)\s*+$"), r"\1 \2 \3 "),
     (re.compile(r"([:,])([^\d])"), r" \1 \2"),
     (re.compile(r"([:,])$"), r" \1 "),
     (re.compile(r"\.{2,}"), r" \g<0> "),
     (re.compile(r"[;@#$%&]"), r" \g<0> "),
-    (re.compile(r"([^\.])(\.)([\]\)}>\"\']*)\s*$"), r"\1 \2\3 "),
+    (re.compile(r"([^\.])(\.)([\]\)}>\"\']*+)\s*+$"), r"\1 \2\3 "),
     (re.compile(r"[?!]"), r" \g<0> "),
     (re.compile(r"([^'])' "), r"\1 ' "),
     (re.compile(r"[*]"), r" \g<0> "),

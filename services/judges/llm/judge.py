@@ -73,7 +73,9 @@ class LLMJudge(Judge):
         tokenizer = self.backend.tokenizer
         return encode(tokenizer, model_text(tokenizer, text, self.use_chat_template), self.use_chat_template)
 
-    def judge(self, samples: Sequence[Sample]) -> list[Verdict]:
+    def judge(self, samples: Sequence[Sample], *, deadline: float | None = None) -> list[Verdict]:
+        """One verdict per sample. ``deadline`` is not used: the work is a few forward passes of
+        prompts no longer than the model reads."""
         labels = self.label_token_ids
         limit = self.backend.max_prompt_tokens
         verdicts: list[Verdict | None] = [None] * len(samples)
