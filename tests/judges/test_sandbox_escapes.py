@@ -433,7 +433,8 @@ def test_a_program_sees_nothing_of_the_host_but_system_directories(request, name
     assert token not in result.stdout
     listed = seen["dirs"]
     assert set(listed["/"]) <= {"usr", "bin", "lib", "lib32", "lib64", "libx32", "etc", "dev", "proc", "tmp",
-                                CHECKOUT.split("/")[1], os.path.realpath(sys.base_prefix).split("/")[1]}, listed
+                                CHECKOUT.split("/")[1], os.path.realpath(sys.base_prefix).split("/")[1],
+                                sys.prefix.split("/")[1]}, listed  # the venv's pyvenv.cfg and bin/python
     assert set(listed["/etc"]) <= {"passwd", "group", "nsswitch.conf", "hosts", "ld.so.cache", "localtime",
                                    "alternatives"}, listed
     assert set(listed["/dev"]) <= {"null", "zero", "full", "random", "urandom", "fd", "stdin", "stdout",
