@@ -476,6 +476,34 @@ def test_a_program_killed_by_any_signal_is_judged_by_the_same_zygote(full, numbe
     _assert_still_works(full)
 
 
+@pytest.mark.skipif(signal.SIGRTMIN != 34 or signal.SIGRTMAX != 64, reason="glibc's real-time signal range")
+def test_signals_the_service_blocks_or_ignores_still_end_a_program(secret_in_service_env):
+    """A blocked mask and ignored signals pass through fork and exec: a zygote started from a service
+    thread that blocks signals (an event loop's, a thread pool's) must not hand them to programs, or a
+    program that kills itself would run on and be judged on something else."""
+    started: dict[str, Sandbox] = {}
+
+    def start_from_a_thread_that_blocks_everything() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        started["sandbox"] = _start(Isolation())
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        thread = threading.Thread(target=start_from_a_thread_that_blocks_everything)
+        thread.start()
+        thread.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    sandbox = started["sandbox"]
+    try:
+        for number, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGUSR1, "SIGUSR1"),
+                             (signal.SIGRTMIN + 6, "SIGRTMIN+6")):
+            result = sandbox.run(f"import os\nos.kill(os.getpid(), {int(number)})", ["assert f(1) == 2"])
+            assert result.status == "crashed" and result.signal == name, result
+    finally:
+        sandbox.close()
+
+
 DEEP_TREES = {
     # 'x/' * DEPTH: deeper than the recursion limit (and, on a tmpfs, a path longer than PATH_MAX);
     # built from short paths (each step moves the chain one level down), so the hook's checks stay cheap.

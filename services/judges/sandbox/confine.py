@@ -30,6 +30,20 @@ def scrub_environment() -> None:
     os.environ.update(ENVIRONMENT)
 
 
+def reset_signals() -> None:
+    """Start from the signal state of a fresh Python process, whatever the service's threads had: no
+    signal blocked (a mask is inherited through fork and exec), none ignored but the two Python itself
+    ignores (SIGPIPE, SIGXFSZ). A program killed by a signal must be judged as killed."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    python_ignores = {signal.SIGPIPE, signal.SIGXFSZ}
+    for number in signal.valid_signals():
+        if number not in python_ignores and signal.getsignal(number) == signal.SIG_IGN:
+            try:
+                signal.signal(number, signal.SIG_DFL)
+            except (OSError, ValueError):  # glibc keeps 32 and 33 for itself
+                pass
+
+
 def enter(limits: Limits, fds: list[int], *, uid: int | None, workdir: str, home: str, nproc: int,
           audit_hook: bool, allow_exec: bool, allow_fork: bool) -> None:
     """Make ``fds`` the process's descriptors 0, 1, 2, ... (closing every other one), start a
@@ -40,6 +54,7 @@ def enter(limits: Limits, fds: list[int], *, uid: int | None, workdir: str, home
 
     signal.set_wakeup_fd(-1)  # the zygote's SIGCHLD pipe and handler are not this process's
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    reset_signals()
     os.setsid()
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
     for target, fd in enumerate(high):
