@@ -53,7 +53,8 @@ def write_config(root: Path, out: str, steps: int, k: int, batch: int, tokens: i
     optimizer: {opt}
     k: {k}
     batch_size: {batch}
-    kl_max: 100""" for name, judge, opt in (("lower", "instructions", "crpg"), ("benign", "refusal", "crraft")))
+    kl_max: 100
+    on_truncation: keep""" for name, judge, opt in (("lower", "instructions", "crpg"), ("benign", "refusal", "crraft")))
     path.write_text(f"""
 policy: {root}/policy
 steps: {steps}

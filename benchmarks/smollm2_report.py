@@ -54,25 +54,29 @@ def report(out: Path, runs: list[str]) -> str:
                  + " | ".join(f"{after[r]['calibrated_reward']:.3f}" for r in runs) + " | | |")
 
     records = {r: steps(out / r) for r in runs}
+    # the training steps (a run's step-0 row, if any, is the initial policy's held-out evaluation)
+    training = {r: [row for row in rows if row["step"] > 0] for r, rows in records.items()}
     lines += ["", "| step | " + " | ".join(f"pass rate {r} | KL {r}" for r in runs) + " |",
               "|---|" + "---|---|" * len(runs)]
-    for i in range(max(len(v) for v in records.values())):
+    for i in range(max(len(v) for v in training.values())):
         cells = []
         for r in runs:
-            row = records[r][i] if i < len(records[r]) else {}
+            row = training[r][i] if i < len(training[r]) else {}
             cells += [f"{row.get(f'{TASK}/feasible_rate', float('nan')):.3f}",
                       f"{row.get(f'{TASK}/kl', float('nan')):+.2f}"]
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
 
     lines += ["", "| run | wall time (train command) | of which steps | s/step | held-out pass rate at the end "
-              "(48 generated prompts, greedy) | KL to π_ref there (nats/response) |", "|---|---|---|---|---|---|"]
+              "(48 generated prompts, greedy) | KL(π_w ‖ π_ref) estimate there (nats/response, ± standard error; "
+              "samples at the training temperature) |", "|---|---|---|---|---|---|"]
     for r in runs:
         wall = float((out / r / "wall_s").read_text())
-        in_steps = sum(row[f"time/{part}_s"] for row in records[r] for part in ("generate", "score", "update"))
+        in_steps = sum(row[f"time/{part}_s"] for row in training[r] for part in ("generate", "score", "update"))
         held_out = records[r][-1].get(f"eval/{TASK}/pass_rate", float("nan"))
         kl = records[r][-1].get(f"eval/{TASK}/kl", float("nan"))
-        lines.append(f"| {r} | {wall / 60:.1f} min | {in_steps / 60:.1f} min | {in_steps / len(records[r]):.0f} | "
-                     f"{held_out:.3f} | {kl:.2f} |")
+        stderr = records[r][-1].get(f"eval/{TASK}/kl_stderr", float("nan"))
+        lines.append(f"| {r} | {wall / 60:.1f} min | {in_steps / 60:.1f} min | {in_steps / len(training[r]):.0f} | "
+                     f"{held_out:.3f} | {kl:.2f} ± {stderr:.2f} |")
     return "\n".join(lines)
 
 

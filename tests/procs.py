@@ -65,3 +65,18 @@ def app_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@contextlib.contextmanager
+def worker_thread(handler: Any, settings: Any, service: str) -> Iterator[Any]:
+    """A queue worker for ``service`` running ``handler`` in a thread of this process, until the block ends."""
+    from services.common.worker import Worker
+
+    worker = Worker(handler, settings, service)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(10)

@@ -15,7 +15,6 @@ by design — a lone UTF-16 surrogate in a string, ``prompts`` as long as
 from __future__ import annotations
 
 import contextlib
-import threading
 
 import pytest
 
@@ -27,27 +26,13 @@ from schemathesis.checks import positive_data_acceptance
 from schemathesis.generation import GenerationMode
 
 from services.common.settings import ServiceSettings
-from services.common.worker import Worker
 from services.judges.config import JudgeConfig
 from services.rm.config import RMConfig
-from tests.procs import answers_200, app_server, wait_until
+from tests.procs import answers_200, app_server, wait_until, worker_thread
 from tests.rm.conftest import tiny_rm
 
 JUDGES = JudgeConfig(enabled=("math", "code", "instructions", "refusal"), processes=1)
 EXAMPLES = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-
-
-@contextlib.contextmanager
-def worker_thread(handler, service_settings: ServiceSettings, service: str):
-    worker = Worker(handler, service_settings, service)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        thread.join(10)
-        handler.close()
 
 
 @contextlib.contextmanager
@@ -59,7 +44,9 @@ def judges_service(redis_url: str | None):
     service_settings = ServiceSettings(redis_url=redis_url, request_timeout_s=20)
     with contextlib.ExitStack() as stack:
         if redis_url:
-            stack.enter_context(worker_thread(JudgeHandler(build(JUDGES)), service_settings, SERVICE))
+            handler = JudgeHandler(build(JUDGES))
+            stack.callback(handler.close)
+            stack.enter_context(worker_thread(handler, service_settings, SERVICE))
         yield stack.enter_context(app_server(build_app(service_settings, JUDGES)))
 
 
@@ -73,6 +60,7 @@ def rm_service(redis_url: str | None, rm_path):
     with contextlib.ExitStack() as stack:
         if redis_url:
             handler = RMHandler.from_config(config, make_cache(service_settings, config))
+            stack.callback(handler.close)
             stack.enter_context(worker_thread(handler, service_settings, SERVICE))
         yield stack.enter_context(app_server(build_app(service_settings, config)))
 

@@ -1,54 +1,172 @@
 """Each prompt's baseline response ā (SPEC §3): the dataset's, or one π_ref sample drawn once and cached.
 
-Baselines and whether each passes its task's judges are computed before training and stored in
-``{output_dir}/baselines/{task}.json`` keyed by prompt id, so a resumed run (or a second run in the
-same directory) reuses them instead of sampling again.
+Baselines are prepared before training and stored in ``{output_dir}/baselines/{task}.json``, keyed by
+prompt id — a hash of the prompt, its metadata and its dataset baseline (trainer/data.py) — with, per
+prompt, the text, the token ids, whether it ended with EOS, and the judges' verdicts themselves. The
+file is reused only while what determines it is unchanged, checked by two fingerprints:
+
+* ``sampling``: the reference model (path and the identity of its files: names, sizes, modification
+  times — retraining in place changes them), the sampling settings (temperature, top-p, max new
+  tokens, precision) and the seed. A change discards the whole file: every baseline is drawn again.
+* ``judging``: the task's judge names and where they run. A change keeps the responses and judges them
+  all again.
+
+An ``error`` verdict is retried (``JUDGE_ATTEMPTS`` in all) and, if it persists, stored as ``error``,
+never as a fail: the next run judges that baseline again. Until it passes, ā is no fallback for CRRAFT
+(under ``on_judge_error: mask`` its feasibility is unknown, under ``violation`` it is infeasible).
+
+A sampled ā is kept as the ids π_ref drew: it ends with EOS only if π_ref drew one (a response cut at
+``max_new_tokens`` gets none). A dataset ā is a finished response: its ids are its text's, then EOS.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TaskConfig
+from trainer.config import RunConfig, TaskConfig
 from trainer.data import Prompt, render
 from trainer.rollout import HFRollout
-from trainer.scoring import Services
+from trainer.scoring import Services, judge_item
+
+JUDGE_ATTEMPTS = 3
+"""Judge requests per baseline while a judge answers ``error`` (the first one included)."""
+RETRY_DELAY_S = 0.5
+"""Wait before the first retry of the baselines that got an ``error``; doubled for each next one."""
 
 
-def load_baselines(path: Path) -> dict[str, dict[str, Any]]:
-    return json.loads(path.read_text()) if path.exists() else {}
+def files_identity(location: str) -> str:
+    """A short hash of a model's identity: for a local directory or file, every file's relative name,
+    size and modification time (content is not read: fast for any model size); else the name itself."""
+    path = Path(location)
+    if path.is_dir():
+        files = [(str(f.relative_to(path)), f.stat()) for f in sorted(path.rglob("*")) if f.is_file()]
+    else:
+        files = [(path.name, path.stat())] if path.is_file() else []
+    digest = hashlib.sha256(location.encode() if not files else b"")
+    for name, stat in files:
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def fingerprints(config: RunConfig, task: TaskConfig) -> dict[str, dict[str, Any]]:
+    """What a task's cached baselines depend on (see the module docstring)."""
+    reference = config.reference or config.policy
+    gen = config.generation
+    return {"sampling": {"reference": reference, "reference_files": files_identity(reference),
+                         "temperature": gen.temperature, "top_p": gen.top_p, "max_new_tokens": gen.max_new_tokens,
+                         "precision": config.precision, "seed": config.seed},
+            "judging": {"judges": list(task.judges), "judge_service": task.judge_service.url}}
+
+
+def baseline_feasible(task: TaskConfig, entry: dict[str, Any]) -> bool:
+    """ā may stand in for CRRAFT: every judge answered ``pass`` and, unless ``on_truncation: keep``,
+    it ended with EOS."""
+    return all(v == "pass" for v in entry["verdicts"].values()) and (
+        entry["finished"] or task.on_truncation == "keep")
+
+
+def rates(task: TaskConfig, entries: list[dict[str, Any]]) -> dict[str, float]:
+    """The baselines' shares that are feasible (``baseline_feasible``), that a judge could not decide,
+    and that were cut at ``max_new_tokens``."""
+    n = max(len(entries), 1)
+    return {"feasible_rate": sum(baseline_feasible(task, e) for e in entries) / n,
+            "error_rate": sum(any(v == "error" for v in e["verdicts"].values()) for e in entries) / n,
+            "truncated_rate": sum(not e["finished"] for e in entries) / n}
 
 
 def prepare_baselines(task: TaskConfig, prompts: list[Prompt], tokenizer: Any, engine: HFRollout,
-                      services: Services, run: Callable[[Any], Any], out_dir: Path,
-                      seed: int) -> dict[str, dict[str, Any]]:
-    """prompt id -> {"text", "ids", "feasible"} for every prompt; samples and judges only what is missing."""
-    path = out_dir / "baselines" / f"{task.name}.json"
-    cache = load_baselines(path)
-    missing = [p for p in prompts if p.id not in cache]
-    if not missing:
-        return cache
-    texts: dict[str, str] = {p.id: p.baseline for p in missing if p.baseline is not None}
+                      services: Services, run: Callable[[Any], Any], config: RunConfig,
+                      log: Any = print) -> dict[str, dict[str, Any]]:
+    """prompt id -> {"text", "ids", "finished", "verdicts"} for every prompt; samples and judges only what
+    the cache lacks (or holds stale), and logs whether the cache was reused, extended or rebuilt."""
+    path = cache_path(config, task)
+    wanted = fingerprints(config, task)
+    cache, state = _usable_part(json.loads(path.read_text()) if path.exists() else None, wanted)
+    unique = list({p.id: p for p in prompts}.values())
+    missing = [p for p in unique if p.id not in cache]
+    for p in missing:
+        if p.baseline is not None:  # a finished response: its text, then EOS
+            eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+            cache[p.id] = {"text": p.baseline, "finished": True, "verdicts": None,
+                           "ids": list(tokenizer(p.baseline, add_special_tokens=False)["input_ids"]) + eos}
     to_sample = [p for p in missing if p.baseline is None]
-    if to_sample:  # one sample from π_ref, before training, kept fixed
-        rollouts = engine.generate([render(tokenizer, p) for p in to_sample], k=1, seed=seed)
-        texts.update({p.id: t for p, t in zip(to_sample, rollouts.text, strict=True)})
-    feasible = run(_judge(task, [(p, texts[p.id]) for p in missing], services))
-    eos = tokenizer.eos_token_id
-    for p, ok in zip(missing, feasible, strict=True):
-        ids = list(tokenizer(texts[p.id], add_special_tokens=False)["input_ids"]) + ([eos] if eos is not None else [])
-        cache[p.id] = {"text": texts[p.id], "ids": ids, "feasible": ok}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cache))
+    if to_sample:  # one sample from π_ref, before training, kept fixed, exactly as drawn
+        rollouts = engine.generate([render(tokenizer, p) for p in to_sample], k=1, seed=config.seed)
+        for p, text, ids, finished in zip(to_sample, rollouts.text, rollouts.response_ids, rollouts.finished,
+                                          strict=True):
+            cache[p.id] = {"text": text, "ids": list(ids), "finished": finished, "verdicts": None}
+    unjudged = [p for p in unique if cache[p.id]["verdicts"] is None
+                or any(v == "error" for v in cache[p.id]["verdicts"].values())]
+    if unjudged:
+        verdicts = run(judge_baselines(task, [(p, cache[p.id]["text"]) for p in unjudged], services))
+        for p, v in zip(unjudged, verdicts, strict=True):
+            cache[p.id]["verdicts"] = v
+    if state == "reused" and (missing or unjudged):
+        state = f"reused and extended ({len(missing)} new, {len(unjudged)} judged)"
+    if state != "reused":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fingerprint": wanted, "prompts": cache}))
+        tmp.replace(path)
+    summary = rates(task, [cache[p.id] for p in unique])
+    log(f"baselines {task.name}: {len(unique)} prompts, cache {path} {state}; feasible "
+        f"{summary['feasible_rate']:.0%}, judge errors {summary['error_rate']:.0%}, cut at max_new_tokens "
+        f"{summary['truncated_rate']:.0%}")
     return cache
 
 
-async def _judge(task: TaskConfig, pairs: list[tuple[Prompt, str]], services: Services) -> list[bool]:
+def load_baselines(task: TaskConfig, prompts: list[Prompt], config: RunConfig) -> dict[str, dict[str, Any]]:
+    """The baselines another process (data-parallel rank 0) has just prepared, exactly as it stored them
+    (its fingerprint is not recomputed here: on another node the model files may have other times)."""
+    path = cache_path(config, task)
+    stored = json.loads(path.read_text())
+    if any(p.id not in stored.get("prompts", {}) for p in prompts):
+        raise RuntimeError(f"{path} does not hold this run's baselines (rank 0 prepares them first)")
+    return stored["prompts"]
+
+
+def cache_path(config: RunConfig, task: TaskConfig) -> Path:
+    return config.out / "baselines" / f"{task.name}.json"
+
+
+def _usable_part(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str]:
+    """The cached entries still valid under ``wanted``, and what happened to the cache (for the log)."""
+    if stored is None:
+        return {}, "built"
+    if not isinstance(stored, dict) or "fingerprint" not in stored:
+        return {}, "rebuilt (written by an older version, without a fingerprint)"
+    if stored["fingerprint"]["sampling"] != wanted["sampling"]:
+        changed = sorted(k for k in wanted["sampling"] if stored["fingerprint"]["sampling"].get(k) != wanted["sampling"][k])
+        return {}, f"rebuilt ({', '.join(changed)} changed)"
+    cache = stored["prompts"]
+    if stored["fingerprint"]["judging"] != wanted["judging"]:
+        for entry in cache.values():
+            entry["verdicts"] = None
+        return cache, "reused, judged again (the judges changed)"
+    return cache, "reused"
+
+
+async def judge_baselines(task: TaskConfig, pairs: list[tuple[Prompt, str]],
+                          services: Services) -> list[dict[str, str]]:
+    """The task's verdicts on each (prompt, baseline), judge by judge; an ``error`` is asked again, up to
+    ``JUDGE_ATTEMPTS`` requests in all, and stays ``error`` (not ``fail``) if it persists."""
     if not task.judges:
-        return [True] * len(pairs)
-    items = [{"prompt": p.text, "response": t, "judges": task.judges, "metadata": p.metadata} for p, t in pairs]
-    results = await services.judges(task).judge(items)
-    return [r.feasible for r in results]
+        return [{} for _ in pairs]
+    client = services.judges(task)
+    verdicts: list[dict[str, str]] = [{} for _ in pairs]
+    pending = list(range(len(pairs)))
+    for attempt in range(JUDGE_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(RETRY_DELAY_S * 2 ** (attempt - 1))
+        results = await client.judge([judge_item(pairs[i][0], pairs[i][1], task.judges) for i in pending])
+        for i, result in zip(pending, results, strict=True):
+            verdicts[i] = {name: v.verdict for name, v in result.verdicts.items()}
+        pending = [i for i in pending if any(v == "error" for v in verdicts[i].values())]
+        if not pending:
+            break
+    return verdicts

@@ -68,7 +68,13 @@ class TaskConfig:
     weight: float = 1.0
     """ρ_l: the task's weight in the combined gradient (SPEC §5)."""
     on_judge_error: Literal["mask", "violation"] = "mask"
-    """A judge answering ``error``: drop the sample from the update (default) or count it as a violation."""
+    """A judge answering ``error``: ``mask`` (default) takes the sample out of the update — it is never
+    a⁺, a⁻ or a*, nor part of CRPG's batch mean —; ``violation`` counts it as infeasible everywhere."""
+    on_truncation: Literal["keep", "violation", "mask"] = "violation"
+    """A response cut at ``max_new_tokens`` (no EOS drawn): ``violation`` (default) makes it infeasible
+    whatever the judges say, so finishing within the budget is one more constraint the optimizer
+    enforces; ``mask`` takes it out of the update; ``keep`` trains on it as if it were finished. A cut
+    baseline ā is likewise no fallback for CRRAFT unless ``keep``."""
     eval_prompts: str | None = None
     """Held-out JSONL prompt file for periodic evaluation."""
 
@@ -77,6 +83,8 @@ class TaskConfig:
             raise ConfigError(f"{where}.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.on_judge_error not in ("mask", "violation"):
             raise ConfigError(f"{where}.on_judge_error must be 'mask' or 'violation'")
+        if self.on_truncation not in ("keep", "violation", "mask"):
+            raise ConfigError(f"{where}.on_truncation must be 'keep', 'violation' or 'mask'")
         _positive(f"{where}.k", self.k, integer=True)
         _positive(f"{where}.batch_size", self.batch_size, integer=True)
         for name in ("kl_max", "beta", "weight"):
@@ -170,6 +178,37 @@ class OptimConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """The reward-hacking monitor (trainer/monitor.py): per task and judge, the RM's calibrated reward
+    rising while the judge's pass rate falls over a sliding window."""
+
+    window: int = 20
+    """Steps in the sliding window of training batches (0 disables the monitor)."""
+    eval_window: int = 5
+    """Evaluations in the window of held-out evaluations (0: none, and no evaluation of the initial
+    policy before step 1; else at least 4, the fewest that give a score)."""
+    threshold: float = 0.6
+    """``hacking_score`` at or above which the monitor warns (in (0, 1])."""
+    action: Literal["warn", "stop"] = "warn"
+    """``warn``: log a warning and go on; ``stop``: also save a checkpoint and end the run."""
+
+    def validate(self) -> None:
+        for name in ("window", "eval_window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"monitor.{name} must be an integer >= 0, got {value!r}")
+        if 0 < self.window < 3:
+            raise ConfigError("monitor.window must be 0 (off) or at least 3 steps")
+        if 0 < self.eval_window < 4:
+            raise ConfigError("monitor.eval_window must be 0 (off) or at least 4 evaluations")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0 < self.threshold <= 1:
+            raise ConfigError(f"monitor.threshold must be in (0, 1], got {self.threshold!r}")
+        if self.action not in ("warn", "stop"):
+            raise ConfigError("monitor.action must be 'warn' or 'stop'")
+
+
+@dataclass
 class RunConfig:
     policy: str
     """Local path (or model id) of the initial policy."""
@@ -179,6 +218,7 @@ class RunConfig:
     """Reference policy π_ref; default: a frozen copy of the initial policy."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     steps: int = 100
     """Optimizer steps."""
     eval_every: int = 0
@@ -229,6 +269,7 @@ class RunConfig:
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         self.optim.validate()
+        self.monitor.validate()
         _positive("steps", self.steps, integer=True)
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("eval_every and checkpoint_every must be >= 0")
@@ -289,8 +330,9 @@ def build(cls: type, raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - set(hints))
     if unknown:
         raise ConfigError(f"unknown field(s) {[_join(where, u) for u in unknown]}; known: {sorted(hints)}")
-    nested = {"generation": GenerationConfig, "optim": OptimConfig, "reward_model": ServiceRef,
-              "judge_service": ServiceRef, "unified_reward_model": ServiceRef, "eval_reward_model": ServiceRef}
+    nested = {"generation": GenerationConfig, "optim": OptimConfig, "monitor": MonitorConfig,
+              "reward_model": ServiceRef, "judge_service": ServiceRef, "unified_reward_model": ServiceRef,
+              "eval_reward_model": ServiceRef}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         path = _join(where, key)

@@ -5,7 +5,8 @@ A task's prompts are a JSONL file, one object per line::
     {"prompt": "What is 2+2?", "metadata": {"answer": "4"}, "baseline": "4."}
     {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
 
-``prompt`` is a string or a list of chat messages; ``metadata`` (an object, optional) goes to the judges;
+``prompt`` is a string or a list of chat messages; ``metadata`` (an object, optional) goes to the judges
+(its key ``messages`` is reserved: a chat prompt's conversation is sent to the judges there);
 ``baseline`` (a string, optional) is the reference response ā of the calibrated reward (SPEC §3). Blank
 lines are skipped; any other malformed line stops loading with ``file:line`` in the message, before
 training starts.
@@ -52,8 +53,8 @@ class Prompt:
 
     @property
     def text(self) -> str:
-        """The prompt as one string for the judges and reward models, whose wire format takes text:
-        a chat prompt gives its last user message (earlier turns are not sent)."""
+        """The prompt as one string, the judges' and reward models' ``prompt`` field: a chat prompt gives
+        its last user message (the whole conversation travels next to it, trainer/scoring.py)."""
         if isinstance(self.prompt, str):
             return self.prompt
         users = [content for role, content in self.prompt if role == "user"]
@@ -111,6 +112,9 @@ def _parse_line(line: str, where: str) -> tuple[str | tuple[tuple[str, str], ...
         metadata = {}
     if not isinstance(metadata, dict):
         raise PromptFileError(f"{where}: 'metadata' must be an object, got {type(metadata).__name__}")
+    if "messages" in metadata:
+        raise PromptFileError(f"{where}: 'metadata.messages' is reserved (the judges receive a chat prompt's "
+                              "conversation there); rename the key")
     baseline = record.get("baseline")
     if baseline is not None and (not isinstance(baseline, str) or not baseline.strip()):
         raise PromptFileError(f"{where}: 'baseline' must be a non-empty string or absent")

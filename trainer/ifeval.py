@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trainer.data import Prompt
+from trainer.scoring import judge_item
 
 JUDGE = "instructions"
 METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
@@ -27,8 +28,8 @@ async def accuracies(client: Any, prompts: Sequence[Prompt], responses: Sequence
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     out: dict[str, float] = {}
     for mode in ("strict", "loose"):
-        items = [{"prompt": p.text, "response": r, "judges": [JUDGE],
-                  "metadata": {**p.metadata, "strict": mode == "strict"}} for p, r in zip(prompts, responses)]
+        items = [judge_item(p, r, [JUDGE], {**p.metadata, "strict": mode == "strict"})
+                 for p, r in zip(prompts, responses)]
         results = await client.judge(items) if items else []
         followed = [followed_flags(result.verdicts[JUDGE], p.metadata)
                     for result, p in zip(results, prompts, strict=True)]

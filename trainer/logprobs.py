@@ -6,7 +6,8 @@ temperature, so ρ = log π_w − log π_ref compares the same distributions (SP
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 
@@ -75,3 +76,18 @@ def _micro_batch(model: Any, prompts: list[Sequence[int]], responses: list[Seque
     is_response = (offsets >= starts) & (offsets < ends)  # (B, L)
     token_logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)  # (B, L)
     return torch.where(is_response, token_logprobs, 0.0).sum(-1)  # (B,)
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[Any]:
+    """``model`` in eval mode (dropout off) for the duration, its training flag restored afterwards.
+
+    The update's log-prob passes run in it: pass 1 (ρ, the selection, ∂L/∂log π_w) and pass 2 (the
+    backward) must evaluate the same deterministic function, or the two-pass gradient is not ∇L.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

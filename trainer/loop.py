@@ -18,21 +18,25 @@ from typing import Any
 
 import torch
 
-from trainer.baselines import prepare_baselines
+from trainer.baselines import baseline_feasible, load_baselines, prepare_baselines, rates
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import ConfigError, RunConfig
 from trainer.data import Prompt, PromptSampler, load_prompts, render
 from trainer.distributed import SINGLE, Dist, device_for
 from trainer.ifeval import JUDGE as IFEVAL_JUDGE
 from trainer.ifeval import accuracies as ifeval_accuracies
-from trainer.logprobs import sequence_logprobs
+from trainer.logprobs import eval_mode, sequence_logprobs
+from trainer.metrics import keep_metrics_until, open_tensorboard, progress_bar, read_metrics, write_record
+from trainer.monitor import HackingMonitor
 from trainer.rollout import HFRollout, Rollouts
 from trainer.scoring import ServiceLoop, Services, TaskScores, score_tasks
 from trainer.step import TaskBatch, task_update
 
 
 def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[dict[str, float]]:
-    """Run (or resume) training; returns the metric records written to ``metrics.jsonl``.
+    """Run (or resume) training; returns the metric records written to ``metrics.jsonl``: one per step,
+    after a first one (``step`` 0) evaluating the initial policy when the tasks have eval prompts and the
+    reward-hacking monitor watches held-out evaluations (the default; trainer/monitor.py).
 
     Under ``torchrun`` every rank runs this; rank 0 writes metrics, logs and checkpoints
     (trainer/distributed.py).
@@ -71,15 +75,16 @@ def _train(config: RunConfig, dist: Dist, resume: bool, log: Any) -> list[dict[s
     services = Services(config.tasks, [config.eval_reward_model] if config.eval_reward_model else [])
     loop.run(services.__aenter__())
     try:
-        ref_engine = HFRollout(reference, tokenizer, config.generation)
-        baselines = {}
-        for rank_turn in (True, False):  # rank 0 samples and caches them; the others then read the cache
-            if dist.main == rank_turn:
-                with autocast(config.precision, reference):
-                    baselines = {t.name: prepare_baselines(t, prompts[t.name] + eval_prompts.get(t.name, []),
-                                                           tokenizer, ref_engine, services, loop.run, out,
-                                                           config.seed) for t in config.tasks}
-            dist.barrier()
+        every = {t.name: prompts[t.name] + eval_prompts.get(t.name, []) for t in config.tasks}
+        if dist.main:  # rank 0 samples, judges and caches them; the others then read its cache
+            ref_engine = HFRollout(reference, tokenizer, config.generation)
+            with autocast(config.precision, reference):
+                baselines = {t.name: prepare_baselines(t, every[t.name], tokenizer, ref_engine, services, loop.run,
+                                                       config, log) for t in config.tasks}
+        dist.barrier()
+        if not dist.main:
+            baselines = {t.name: load_baselines(t, every[t.name], config) for t in config.tasks}
+        baseline_rates = {t.name: rates(t, [baselines[t.name][p.id] for p in prompts[t.name]]) for t in config.tasks}
 
         start = 0
         checkpoint_dir = out / "checkpoint"
@@ -93,32 +98,51 @@ def _train(config: RunConfig, dist: Dist, resume: bool, log: Any) -> list[dict[s
         loop.close()
         raise
     records: list[dict[str, float]] = []
-    board = _tensorboard(out) if dist.main else None
-    bar = _progress(start, config.steps) if dist.main else None
+    # rows a crashed run wrote past the checkpoint are run again: drop them (all of them when starting over)
+    metrics_path, kept = out / "metrics.jsonl", start if start else -1
+    earlier = keep_metrics_until(metrics_path, kept) if dist.main else read_metrics(metrics_path, kept)
+    monitor = HackingMonitor(config.monitor, config.tasks)
+    for row in earlier:  # the monitor's windows continue where the checkpointed run left them
+        monitor.observe(row)
+    board = open_tensorboard(out, purge_step=start + 1 if start else 0) if dist.main else None
+    bar = progress_bar(start, config.steps) if dist.main else None
     metrics_file = (out / "metrics.jsonl").open("a") if dist.main else None
     try:
+        if start == 0 and monitor.evaluates_start and eval_prompts:  # the held-out windows' first point
+            record = {"step": 0, **evaluate(config, 0, policy, reference, tokenizer, engine, services, loop,
+                                            eval_prompts, baselines, dist, samples_file="step-0.jsonl", kl=False)}
+            monitor.observe(record)
+            records.append(record)
+            write_record(record, metrics_file, board)
+            log("evaluated the initial policy (step 0)")
         for step in range(start, config.steps):
             record = train_step(config, step, policy, reference, tokenizer, engine, optimizer, scheduler,
                                 samplers, services, loop, baselines, dist)
+            for t in config.tasks:
+                record.update({f"{t.name}/baseline/{k}": v for k, v in baseline_rates[t.name].items()})
             if config.eval_every and (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
                 record.update(evaluate(config, step, policy, reference, tokenizer, engine, services, loop,
                                        eval_prompts, baselines, dist))
+            scores, alerts = monitor.observe(record)
+            record.update(scores)
+            for alert in alerts:
+                log(alert.message(config.monitor.threshold))
+            stop = bool(alerts) and config.monitor.action == "stop"
             records.append(record)
-            if metrics_file is not None:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-            if board is not None:
-                for key, value in record.items():
-                    board.add_scalar(key, value, step + 1)
+            write_record(record, metrics_file, board)
             if bar is not None:
                 bar.update(1)
             log(progress_line(config, record))
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            if (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps
+                    or stop):
                 dist.check_in_sync(policy)
                 if dist.main:
                     save_checkpoint(checkpoint_dir, step=step + 1, policy=policy, tokenizer=tokenizer,
                                     optimizer=optimizer, scheduler=scheduler, samplers=samplers)
                 dist.barrier()
+            if stop:  # every rank saw the same record, so every rank stops here
+                log(f"stopped at step {step + 1} (monitor.action: stop); checkpoint in {checkpoint_dir}")
+                break
     finally:
         loop.run(services.__aexit__())
         loop.close()
@@ -158,14 +182,13 @@ def train_step(config: RunConfig, step: int, policy: Any, reference: Any, tokeni
     times["score"] = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    policy.train()
     optimizer.zero_grad(set_to_none=True)
     record: dict[str, float] = {"step": step + 1, "lr": scheduler.get_last_lr()[0]}
     times["logprobs"] = times["backward"] = 0.0
     for t in config.tasks:
         base = [baselines[t.name][p.id] for p in batches[t.name]]
         batch = TaskBatch(t, prompt_ids[t.name], rollouts[t.name], scores[t.name], [b["ids"] for b in base],
-                          [b["feasible"] for b in base])
+                          [baseline_feasible(t, b) for b in base])
         with autocast(config.precision, policy):
             metrics, passes = task_update(policy, reference, batch, temperature=config.generation.temperature,
                                           micro_batch_size=config.optim.micro_batch_size,
@@ -190,10 +213,19 @@ def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenize
              services: Services, loop: ServiceLoop, eval_prompts: dict[str, list[Prompt]],
              baselines: dict[str, dict[str, Any]], dist: Dist = SINGLE,
              samples_file: str | None = None, kl: bool = True) -> dict[str, float]:
-    """One sample per held-out prompt, drawn with ``generation.for_eval()`` (e.g. greedy): judge pass
-    rate, raw and calibrated reward (under ``eval_reward_model`` when set), KL to π_ref (``kl=False``:
-    reported as 0, for a policy that is π_ref), and for tasks judged by ``instructions`` IFEval's four
-    accuracies (``eval/TASK/ifeval/prompt_strict`` ...).
+    """One sample per held-out prompt, drawn with ``generation.for_eval()`` (e.g. greedy): the share that
+    passes every judge, each judge's pass and error rate, raw and calibrated reward (under
+    ``eval_reward_model`` when set; then also under the task's own reward model, as
+    ``eval/TASK/task_rm/...``), the share cut at the length limit, for tasks judged by
+    ``instructions`` IFEval's four accuracies (``eval/TASK/ifeval/prompt_strict`` ...), and the KL:
+
+    ``eval/TASK/kl`` estimates KL(π_w ‖ π_ref) on the held-out prompts as the mean sequence log-ratio
+    ρ = log π_w(a|s) − log π_ref(a|s), both at the training temperature, over one response a per prompt
+    drawn from π_w with the *training* generation settings (temperature, top-p, max_new_tokens): the
+    evaluation's own responses when it samples with those settings, else one more sample per prompt
+    (greedy responses are not draws from π_w, so their ρ is no KL). At top-p 1, E[ρ] is exactly the
+    sequence-level KL that CRPG's and CRRAFT's KL_max bound; one sample's ρ can be negative, and
+    ``eval/TASK/kl_stderr`` is the estimate's standard error. ``kl=False`` skips both (no key).
 
     Each rank evaluates its share of the prompts; the results are gathered, so every rank returns the
     metrics of the whole eval set."""
@@ -203,38 +235,49 @@ def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenize
     shards = {t.name: dist.shard(len(eval_prompts[t.name])) for t in tasks}
     mine = {t.name: eval_prompts[t.name][slice(*shards[t.name])] for t in tasks}
     prompt_ids = {t.name: [render(tokenizer, p) for p in mine[t.name]] for t in tasks}
-    eval_engine = _with_generation(engine, config.generation.for_eval())
+    train_gen, eval_gen = config.generation, config.generation.for_eval()
     with autocast(config.precision, policy):
-        rollouts: dict[str, Rollouts] = {t.name: eval_engine.generate(prompt_ids[t.name], 1, seed=rollout_seed(
-            config.seed + 1, step, i), prompt_offset=shards[t.name][0]) for i, t in enumerate(tasks)}
+        rollouts: dict[str, Rollouts] = {t.name: _with_generation(engine, eval_gen).generate(
+            prompt_ids[t.name], 1, seed=rollout_seed(config.seed + 1, step, i), prompt_offset=shards[t.name][0])
+            for i, t in enumerate(tasks)}
+        kl_rollouts = rollouts
+        if kl and _sampling(eval_gen) != _sampling(train_gen):  # draws from π_w, as in training
+            kl_rollouts = {t.name: _with_generation(engine, train_gen).generate(
+                prompt_ids[t.name], 1, seed=rollout_seed(config.seed + 2, step, i), prompt_offset=shards[t.name][0])
+                for i, t in enumerate(tasks)}
     yardstick = config.eval_reward_model
-    scores = loop.run(score_tasks(services, {
-        t.name: (t if yardstick is None else dataclasses.replace(t, reward_model=yardstick), mine[t.name],
-                 rollouts[t.name].text, rollouts[t.name].prompt_index,
-                 [baselines[t.name][p.id]["text"] for p in mine[t.name]]) for t in tasks}))
+    work = {t.name: (t, mine[t.name], rollouts[t.name].text, rollouts[t.name].prompt_index,
+                     [baselines[t.name][p.id]["text"] for p in mine[t.name]]) for t in tasks}
+    scores = loop.run(score_tasks(services, {name: (w[0] if yardstick is None else dataclasses.replace(
+        w[0], reward_model=yardstick), *w[1:]) for name, w in work.items()}))
+    # the reward each task optimizes, too, when the yardstick is another one: the monitor watches that one
+    own = loop.run(score_tasks(services, {name: (dataclasses.replace(w[0], judges=[]), *w[1:])
+                                          for name, w in work.items()
+                                          if yardstick is not None and w[0].reward_model != yardstick}))
     record: dict[str, float] = {}
     samples: list[dict[str, Any]] = []
     for t in tasks:
         r = rollouts[t.name]
-        if kl:
-            with torch.no_grad(), autocast(config.precision, policy):
-                divergence = (sequence_logprobs(policy, r.prompt_ids, r.response_ids, config.generation.temperature,
-                                                config.optim.micro_batch_size).logprobs
-                              - sequence_logprobs(reference, r.prompt_ids, r.response_ids,
-                                                  config.generation.temperature,
-                                                  config.optim.micro_batch_size).logprobs).tolist()
-        else:
-            divergence = [0.0] * len(r)
-        parts = dist.gather((scores[t.name], divergence, r.text))
+        log_ratio = _log_ratios(config, policy, reference, kl_rollouts[t.name]) if kl else []
+        parts = dist.gather((scores[t.name], log_ratio, r.text, r.finished, own.get(t.name)))
         s = TaskScores.concat([p[0] for p in parts])
-        divergence = sum((p[1] for p in parts), [])
+        log_ratio = sum((p[1] for p in parts), [])
         texts = sum((p[2] for p in parts), [])
-        samples += _sample_rows(t.name, eval_prompts[t.name], texts, s)
+        finished = sum((p[3] for p in parts), [])
+        if t.name in own:
+            mine_rm = TaskScores.concat([p[4] for p in parts])
+            record.update({f"eval/{t.name}/task_rm/reward": _mean(mine_rm.reward),
+                           f"eval/{t.name}/task_rm/calibrated_reward": _mean(mine_rm.calibrated)})
+        samples += _sample_rows(t.name, eval_prompts[t.name], texts, s, finished)
         record.update({f"eval/{t.name}/pass_rate": _mean(s.feasible), f"eval/{t.name}/reward": _mean(s.reward),
                        f"eval/{t.name}/calibrated_reward": _mean(s.calibrated),
-                       f"eval/{t.name}/kl": _mean(divergence)})
-        for judge, rates in s.judge_rates().items():
-            record[f"eval/{t.name}/judge/{judge}/pass_rate"] = rates["pass_rate"]
+                       f"eval/{t.name}/truncated_rate": _mean([not f for f in finished])})
+        if kl:
+            record[f"eval/{t.name}/kl"] = _mean(log_ratio)
+            record[f"eval/{t.name}/kl_stderr"] = _stderr(log_ratio)
+        for judge, rate in s.judge_rates().items():
+            record[f"eval/{t.name}/judge/{judge}/pass_rate"] = rate["pass_rate"]
+            record[f"eval/{t.name}/judge/{judge}/error_rate"] = rate["error_rate"]
         if IFEVAL_JUDGE in t.judges:
             accuracy = loop.run(ifeval_accuracies(services.judges(t), eval_prompts[t.name], texts))
             record.update({f"eval/{t.name}/ifeval/{key}": value for key, value in accuracy.items()})
@@ -245,12 +288,36 @@ def evaluate(config: RunConfig, step: int, policy: Any, reference: Any, tokenize
     return record
 
 
-def _sample_rows(task: str, prompts: list[Prompt], texts: list[str], scores: TaskScores) -> list[dict[str, Any]]:
+def _sampling(generation: Any) -> tuple[float, float, int]:
+    """What the distribution of a drawn response depends on."""
+    return generation.temperature, generation.top_p, generation.max_new_tokens
+
+
+def _log_ratios(config: RunConfig, policy: Any, reference: Any, rollouts: Rollouts) -> list[float]:
+    """ρ = log π_w(a|s) − log π_ref(a|s) of each response, at the training temperature, dropout off."""
+    temperature, size = config.generation.temperature, config.optim.micro_batch_size
+    with torch.no_grad(), eval_mode(policy), autocast(config.precision, policy):
+        logp = sequence_logprobs(policy, rollouts.prompt_ids, rollouts.response_ids, temperature, size).logprobs
+        ref = sequence_logprobs(reference, rollouts.prompt_ids, rollouts.response_ids, temperature, size).logprobs
+    return (logp - ref).tolist()
+
+
+def _stderr(values: list[float]) -> float:
+    """Standard error of the mean of ``values`` (0 for fewer than two)."""
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+
+
+def _sample_rows(task: str, prompts: list[Prompt], texts: list[str], scores: TaskScores,
+                 finished: list[bool]) -> list[dict[str, Any]]:
     """One task's evaluation samples (one per prompt) with their verdicts and rewards."""
     return [{"task": task, "id": p.id, "prompt": p.text, "response": text, "verdicts": verdicts,
-             "feasible": all(v == "pass" for v in verdicts.values()), "reward": reward, "calibrated_reward": cal}
-            for p, text, verdicts, reward, cal in zip(prompts, texts, scores.verdicts, scores.reward,
-                                                      scores.calibrated, strict=True)]
+             "feasible": all(v == "pass" for v in verdicts.values()), "reward": reward, "calibrated_reward": cal,
+             "truncated": not done}
+            for p, text, verdicts, reward, cal, done in zip(prompts, texts, scores.verdicts, scores.reward,
+                                                            scores.calibrated, finished, strict=True)]
 
 
 def require_engine(config: RunConfig) -> None:
@@ -340,24 +407,6 @@ def progress_line(config: RunConfig, record: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
-def _tensorboard(out: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional; metrics.jsonl has everything
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
-
-
-def _progress(start: int, total: int) -> Any:
-    import sys
-
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
-
-
 def _mean(values: list[Any]) -> float:
     return sum(float(v) for v in values) / len(values) if values else 0.0
 
@@ -366,10 +415,12 @@ def _as_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def eval_checkpoint(config: RunConfig, checkpoint: Path | None = None, kl: bool = True) -> dict[str, float]:
+def eval_checkpoint(config: RunConfig, checkpoint: Path | None = None, kl: bool = True,
+                    log: Any = print) -> dict[str, float]:
     """Evaluate a saved policy on the tasks' eval prompts (``cgpo eval``); without a checkpoint, the
-    initial policy itself (the numbers before training; its KL to π_ref is 0 and is not computed).
-    ``kl=False`` skips the KL (two forward passes over every sample) and reports it as 0."""
+    initial policy itself (the numbers before training; it is π_ref, so its KL is not computed).
+    ``kl=False`` skips the KL estimate (a sample per prompt and two forward passes over each): the
+    record then has no ``eval/TASK/kl``."""
     config = with_resolved_models(config)
     config.reference = config.reference or config.policy  # π_ref stays the initial policy
     if checkpoint is not None:
@@ -383,8 +434,9 @@ def eval_checkpoint(config: RunConfig, checkpoint: Path | None = None, kl: bool 
     loop.run(services.__aenter__())
     try:
         ref_engine = HFRollout(reference, tokenizer, config.generation)
-        baselines = {t.name: prepare_baselines(t, eval_prompts.get(t.name, []), tokenizer, ref_engine, services,
-                                               loop.run, config.out, config.seed) for t in config.tasks}
+        with autocast(config.precision, reference):
+            baselines = {t.name: prepare_baselines(t, eval_prompts.get(t.name, []), tokenizer, ref_engine, services,
+                                                   loop.run, config, log) for t in config.tasks}
         name = checkpoint.name if checkpoint is not None else "initial"
         return evaluate(config, 0, policy, reference, tokenizer, HFRollout(policy, tokenizer, config.generation),
                         services, loop, eval_prompts, baselines, samples_file=f"{name}.jsonl",

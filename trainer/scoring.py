@@ -5,6 +5,10 @@ names, embedded in this process (one shared app per kind; tasks that name the
 same reward-model path share one model) or behind a URL. `score_tasks` sends
 all tasks' requests concurrently and returns, per task and per sample, the
 judges' verdicts, feasibility, and raw, baseline and calibrated rewards.
+
+A chat prompt (a list of messages) reaches the judges as its last user turn in ``prompt`` and the
+whole conversation in ``metadata.messages``; the reward model gets the whole conversation in the
+item's ``messages`` and encodes it with its chat template over all turns (``judge_item``, ``rm_item``).
 """
 
 from __future__ import annotations
@@ -83,6 +87,24 @@ class TaskScores:
                     "error_rate": sum(vs.get(n) == "error" for vs in self.verdicts) / total} for n in names}
 
 
+def judge_item(prompt: Prompt, response: str, judges: Sequence[str],
+               metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One judge request item: the prompt's text (a chat's last user turn), its metadata (or
+    ``metadata``), and for a chat prompt every turn in ``metadata.messages``."""
+    meta = dict(prompt.metadata if metadata is None else metadata)
+    if prompt.is_chat:
+        meta["messages"] = prompt.messages()
+    return {"prompt": prompt.text, "response": response, "judges": list(judges), "metadata": meta}
+
+
+def rm_item(prompt: Prompt, response: str, baseline: str | None) -> dict[str, Any]:
+    """One reward-model item; a chat prompt also sends every turn (``messages``), which the RM encodes."""
+    item: dict[str, Any] = {"prompt": prompt.text, "response": response, "baseline": baseline}
+    if prompt.is_chat:
+        item["messages"] = prompt.messages()
+    return item
+
+
 def rm_name(path: str) -> str:
     """A stable service-side name for an embedded reward model path."""
     digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
@@ -143,13 +165,11 @@ async def score_task(services: Services, task: TaskConfig, prompts: Sequence[Pro
                      prompt_index: Sequence[int], baselines: Sequence[str]) -> TaskScores:
     """Judge and score ``texts`` (sample i answers ``prompts[prompt_index[i]]``) against each prompt's baseline."""
     rm, model = services.reward_model(task)
-    rm_items = [{"prompt": prompts[p].text, "response": t, "baseline": baselines[p]}
-                for t, p in zip(texts, prompt_index, strict=True)]
+    rm_items = [rm_item(prompts[p], t, baselines[p]) for t, p in zip(texts, prompt_index, strict=True)]
     judge_calls = []
     if task.judges:
         client = services.judges(task)
-        items = [{"prompt": prompts[p].text, "response": t, "judges": task.judges, "metadata": prompts[p].metadata}
-                 for t, p in zip(texts, prompt_index, strict=True)]
+        items = [judge_item(prompts[p], t, task.judges) for t, p in zip(texts, prompt_index, strict=True)]
         judge_calls = [client.judge(items[i : i + JUDGE_CHUNK]) for i in range(0, len(items), JUDGE_CHUNK)]
     async def reward() -> list[Any]:  # chunk by chunk: a large evaluation never sends one huge request
         out: list[Any] = []

@@ -8,7 +8,8 @@ The losses are pure functions of sequence-level log-probs, so the update runs in
    and backpropagated with weight ρ_l · g_i.
 
 By the chain rule this is exactly ∇_w (ρ_l · L), with activation memory bounded by the micro-batch
-(the pass-1 forward is also what ρ = log π_w − log π_ref needs). Gradients accumulate across tasks;
+(the pass-1 forward is also what ρ = log π_w − log π_ref needs). Both passes run with the policy in
+eval mode (dropout off), so they evaluate one deterministic function. Gradients accumulate across tasks;
 the caller takes one optimizer step (SPEC §5). Under data parallelism pass 1 runs on a rank's shard,
 the sequence-level results are gathered so the loss (and g) is the whole batch's, and pass 2 runs on
 the rank's own sequences (trainer/distributed.py).
@@ -24,7 +25,7 @@ import torch
 
 from trainer.config import TaskConfig
 from trainer.distributed import SINGLE, Dist
-from trainer.logprobs import sequence_logprobs
+from trainer.logprobs import eval_mode, sequence_logprobs
 from trainer.losses import codpo_loss, codpo_select, crpg_loss, crraft_loss, crraft_select
 from trainer.rollout import Rollouts
 from trainer.scoring import TaskScores
@@ -42,7 +43,8 @@ class TaskBatch:
     baseline_ids: list[list[int]]
     """(B) token ids of each prompt's baseline response ā."""
     baseline_feasible: list[bool]
-    """(B) ā passes every judge of the task (judged once per run)."""
+    """(B) ā may stand in for CRRAFT: it passes every judge of the task (judged once per run) and was
+    not cut at ``max_new_tokens`` (unless ``on_truncation: keep``); trainer/baselines.py."""
 
 
 @dataclass
@@ -53,8 +55,31 @@ class Outcome:
     """(N) verdicts and rewards, prompt-major."""
     lengths: list[int]
     """(N) response lengths in tokens."""
+    truncated: list[bool]
+    """(N) the response was cut at ``max_new_tokens`` (no EOS drawn)."""
     baseline_feasible: list[bool]
-    """(B) ā passes every judge of the task."""
+    """(B) ā may stand in for CRRAFT (``TaskBatch.baseline_feasible``)."""
+
+
+def sample_status(task: TaskConfig, scores: TaskScores, truncated: list[bool],
+                  unconstrained: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feasible, masked), both (N,) bool: each sample's y and whether the update ignores it.
+
+    y = 1 iff every judge answered ``pass`` (an ``error`` is never a pass) and, with
+    ``on_truncation: violation``, the response ended with EOS. A sample is masked — no a⁺, a⁻ or a*,
+    not in CRPG's batch — when a judge answered ``error`` under ``on_judge_error: mask``, or when it
+    was cut under ``on_truncation: mask``; a masked sample is never feasible. ``unconstrained`` (the
+    RM-only baseline) ignores the judges and truncation: every sample is feasible and none is masked.
+    """
+    n = len(truncated)
+    if unconstrained:
+        return torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    passed = torch.tensor(scores.feasible, dtype=torch.bool)  # (N,)
+    errored = torch.tensor(scores.errored, dtype=torch.bool)  # (N,)
+    cut = torch.tensor(truncated, dtype=torch.bool)  # (N,)
+    masked = (errored & (task.on_judge_error == "mask")) | (cut & (task.on_truncation == "mask"))
+    feasible = passed & ~(cut & (task.on_truncation == "violation")) & ~masked
+    return feasible, masked
 
 
 def task_update(policy: Any, reference: Any, batch: TaskBatch, *, temperature: float, micro_batch_size: int,
@@ -66,28 +91,33 @@ def task_update(policy: Any, reference: Any, batch: TaskBatch, *, temperature: f
     parameter gradients over the ranks. Metrics are the whole batch's, identical on every rank.
     """
     task, rollouts = batch.task, batch.rollouts
-    tic = time.perf_counter()
     prompts = [batch.prompt_ids[p] for p in rollouts.prompt_index] + batch.prompt_ids
     responses = list(rollouts.response_ids) + batch.baseline_ids  # samples, then the B baselines
-    with torch.no_grad():
-        logp = sequence_logprobs(policy, prompts, responses, temperature, micro_batch_size).logprobs.cpu()
-        ref_logp = sequence_logprobs(reference, prompts, responses, temperature, micro_batch_size).logprobs.cpu()
-    logprobs_s = time.perf_counter() - tic
-    outcome = Outcome(batch.scores, [len(r) for r in rollouts.response_ids], list(batch.baseline_feasible))
-    outcome, logp_all, ref_all, mine = _whole_batch(dist, outcome, logp, ref_logp)
-    n = len(outcome.lengths)
-    leaf = logp_all.clone().requires_grad_(True)
-    loss, stats = _task_loss(task, leaf, ref_all, outcome, unconstrained)
-    (task.weight * loss).backward()
-    grad = leaf.grad.detach()[mine]  # this rank's sequences: ρ_l · ∂L/∂log π_w
-    tic = time.perf_counter()
-    _backward_through_policy(policy, prompts, responses, grad, temperature, micro_batch_size)
-    backward_s = time.perf_counter() - tic
+    with eval_mode(policy):
+        tic = time.perf_counter()
+        with torch.no_grad():
+            logp = sequence_logprobs(policy, prompts, responses, temperature, micro_batch_size).logprobs.cpu()
+            ref_logp = sequence_logprobs(reference, prompts, responses, temperature,
+                                         micro_batch_size).logprobs.cpu()
+        logprobs_s = time.perf_counter() - tic
+        outcome = Outcome(batch.scores, [len(r) for r in rollouts.response_ids],
+                          [not f for f in rollouts.finished], list(batch.baseline_feasible))
+        outcome, logp_all, ref_all, mine = _whole_batch(dist, outcome, logp, ref_logp)
+        n = len(outcome.lengths)
+        leaf = logp_all.clone().requires_grad_(True)
+        loss, stats = _task_loss(task, leaf, ref_all, outcome, unconstrained)
+        (task.weight * loss).backward()
+        grad = leaf.grad.detach()[mine]  # this rank's sequences: ρ_l · ∂L/∂log π_w
+        tic = time.perf_counter()
+        _backward_through_policy(policy, prompts, responses, grad, temperature, micro_batch_size)
+        backward_s = time.perf_counter() - tic
     scores = outcome.scores
+    feasible, masked = sample_status(task, scores, outcome.truncated)  # the task's rules, also when ignored
     metrics = {"loss": loss.item(), "kl": (logp_all - ref_all)[:n].mean().item(),
                "reward": _mean(scores.reward), "calibrated_reward": _mean(scores.calibrated),
-               "feasible_rate": _mean([float(f) for f in scores.feasible]),
+               "feasible_rate": feasible.float().mean().item(), "masked_rate": masked.float().mean().item(),
                "error_rate": _mean([float(e) for e in scores.errored]),
+               "truncated_rate": _mean([float(t) for t in outcome.truncated]),
                "response_tokens": _mean([float(x) for x in outcome.lengths]), **stats}
     for judge, rates in scores.judge_rates().items():
         metrics[f"judge/{judge}/pass_rate"] = rates["pass_rate"]
@@ -110,8 +140,8 @@ def _whole_batch(dist: Dist, outcome: Outcome, logp: torch.Tensor,
     mine = torch.cat([torch.arange(sample_start, sample_start + n),
                       torch.arange(baseline_start, baseline_start + len(outcome.baseline_feasible))])
     whole = Outcome(
-        TaskScores.concat([p[0].scores for p in parts]),
-        sum((p[0].lengths for p in parts), []), sum((p[0].baseline_feasible for p in parts), []))
+        TaskScores.concat([p[0].scores for p in parts]), sum((p[0].lengths for p in parts), []),
+        sum((p[0].truncated for p in parts), []), sum((p[0].baseline_feasible for p in parts), []))
     logp_all = torch.cat([p[1] for p in parts] + [p[2] for p in parts])
     ref_all = torch.cat([p[3] for p in parts] + [p[4] for p in parts])
     return whole, logp_all, ref_all, mine
@@ -122,31 +152,27 @@ def _task_loss(task: TaskConfig, leaf: torch.Tensor, ref_logp: torch.Tensor, out
     scores, k, n = outcome.scores, task.k, len(outcome.lengths)
     reward = torch.tensor(scores.reward, dtype=torch.float32)  # (N,)
     baseline_reward = torch.tensor(scores.baseline_reward, dtype=torch.float32)  # (N,)
-    errored = torch.tensor(scores.errored, dtype=torch.bool)  # (N,)
-    feasible = torch.ones(n, dtype=torch.bool) if unconstrained else torch.tensor(scores.feasible, dtype=torch.bool)
-    masked = errored & (task.on_judge_error == "mask") & (not unconstrained)  # samples the update ignores
+    feasible, masked = sample_status(task, scores, outcome.truncated, unconstrained)  # (N,), (N,)
+    include = ~masked  # (N,) the samples the update sees
     if task.optimizer == "crpg" or unconstrained:
-        keep = (~masked).nonzero().squeeze(-1)
+        keep = include.nonzero().squeeze(-1)
         out = crpg_loss(leaf[keep], ref_logp[keep], reward[keep], baseline_reward[keep], feasible[keep],
                         task.kl_max)
         return out.loss, {"clipped_reward": _mean(out.clipped_reward.tolist()), "used_fraction": len(keep) / n}
     b = n // k
     rows = torch.arange(b)
     if task.optimizer == "codpo":
-        # A masked sample is never chosen (infeasible) nor the lowest reward (above every real one).
-        above = reward.max().item() + 1.0
-        sel = codpo_select(reward.masked_fill(masked, above).view(b, k), (feasible & ~masked).view(b, k))
-        valid = sel.valid & ~masked.view(b, k)[rows, sel.rejected_index]
-        chosen = (rows * k + sel.chosen_index)[valid]
-        rejected = (rows * k + sel.rejected_index)[valid]
+        sel = codpo_select(reward.view(b, k), feasible.view(b, k), include.view(b, k))
+        chosen = (rows * k + sel.chosen_index)[sel.valid]
+        rejected = (rows * k + sel.rejected_index)[sel.valid]
         lengths = torch.tensor([max(outcome.lengths[i], 1) for i in chosen.tolist()], dtype=torch.float32)
         out = codpo_loss(leaf[chosen], ref_logp[chosen], leaf[rejected], ref_logp[rejected], lengths,
                          task.beta, task.lam)
-        return out.loss, {"used_fraction": valid.float().mean().item(), "margin": _mean(out.margin.tolist())}
+        return out.loss, {"used_fraction": sel.valid.float().mean().item(), "margin": _mean(out.margin.tolist())}
     log_ratio = (leaf.detach() - ref_logp)  # (N + B,)
     baseline_ok = torch.tensor(outcome.baseline_feasible, dtype=torch.bool) & (log_ratio[n:] <= task.kl_max)
-    sel = crraft_select(reward.view(b, k), baseline_reward.view(b, k)[:, 0], (feasible & ~masked).view(b, k),
-                        log_ratio[:n].view(b, k), task.kl_max, baseline_ok)
+    sel = crraft_select(reward.view(b, k), baseline_reward.view(b, k)[:, 0], feasible.view(b, k),
+                        log_ratio[:n].view(b, k), task.kl_max, baseline_ok, include.view(b, k))
     target = torch.where(sel.use_baseline, n + rows, rows * k + sel.index)[sel.valid]
     out = crraft_loss(leaf[target], sel.weight[sel.valid])
     return out.loss, {"used_fraction": sel.valid.float().mean().item(),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cgpo.demo.pipeline import Budget, build_world, run_all
-from cgpo.demo.report import aggregate, claims, curves, hacking_examples, table, write_report
+from cgpo.demo.report import aggregate, claims, curves, hacking_examples, monitor_summary, table, write_report
 
 
 def run_demo(out: Path, *, quick: bool = False, jobs: int | None = None, seeds: tuple[int, ...] | None = None,
@@ -36,14 +36,16 @@ def run_demo(out: Path, *, quick: bool = False, jobs: int | None = None, seeds: 
     runs = run_all(out, budget, jobs, log=log)
     total_s = time.monotonic() - started
     results: dict[str, Any] = {"seeds": list(budget.seeds), "runs": aggregate(runs, list(budget.seeds)),
-                               "budget": dataclasses.asdict(budget), "world": world}
+                               "monitor": monitor_summary(runs), "budget": dataclasses.asdict(budget), "world": world,
+                               "monitor_warnings": {f"{r['kind']}-{r['seed']}": r["warnings"] for r in runs
+                                                    if r["warnings"]}}
     checked = claims(results)
     results["claims"] = checked
     peak_mib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     results["timing"] = {"total_s": round(total_s, 1), "world_s": round(world_s, 1),
                          "runs_s": round(total_s - world_s, 1), "jobs": jobs, "peak_process_rss_mib": round(peak_mib),
-                         "per_run_s": {f"{r['kind']}-{r['seed']}": r["seconds"] for r in runs}}
+                         "per_run_s": {f"{r['kind']}-{r['seed']}": r["seconds"] for r in runs if r["kind"] != "sft"}}
     hacked = next((c["tasks"] for c in checked if c["claim"].startswith("the baseline hacks")), [])
     examples = {task: hacking_examples(out, budget.seeds[0], task) for task in hacked[:2]}
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -7,9 +7,10 @@
    ``baseline`` — RM-only policy gradient, the helpfulness RM for every task, judges measured but ignored
    (the paper's PPO setting); ``crpg``, ``codpo``, ``crraft`` — CGPO with per-task RMs (the safety RM
    for harmful prompts), judges and settings. Runs execute in parallel worker processes.
-3. Evaluation of every policy (the SFT start included) on the held-out prompts with one common
-   yardstick: the judges, and the helpfulness RM — the reward the baseline maximises — on every task
-   (``eval_reward_model``), every ``eval_every`` steps and at the end.
+3. Evaluation of every policy on the held-out prompts with one common yardstick: the judges, and the
+   helpfulness RM — the reward the baseline maximises — on every task (``eval_reward_model``), before
+   step 1 (the SFT start, the same in every run), every ``eval_every`` steps and at the end. The
+   trainer's reward-hacking monitor (trainer/monitor.py, default settings) watches every run.
 4. ``results.json``, ``curves.png``, ``report.md`` (cgpo/demo/report.py).
 """
 
@@ -172,36 +173,29 @@ def run_config(world: Path, out: Path, kind: str, seed: int, budget: Budget) -> 
 
 
 def _job(kind: str, seed: int, world: str, out: str, budget: dict[str, Any]) -> dict[str, Any]:
-    """One run in a worker process; ``sft`` only evaluates the starting policy. Returns the metric
-    records and the final held-out evaluation."""
+    """One training run in a worker process. Returns its metric records (the first one, step 0, is the
+    SFT start's evaluation), the final held-out evaluation and the monitor's warnings."""
     import torch
 
     torch.set_num_threads(1)
     _quiet()
     from trainer.config import build_config
-    from trainer.loop import eval_checkpoint, train
+    from trainer.loop import train
 
     b = Budget(**{**budget, "seeds": tuple(budget["seeds"])})
-    world_dir, out_dir = Path(world), Path(out)
     started = time.monotonic()
-    if kind == "sft":
-        config = build_config(run_config(world_dir, out_dir, "crpg", seed, b))
-        records: list[dict[str, float]] = []
-        final = eval_checkpoint(config, world_dir / "sft")
-    else:
-        records = train(build_config(run_config(world_dir, out_dir, kind, seed, b)), resume=False,
-                        log=lambda _: None)
-        final = {k: v for k, v in records[-1].items() if k.startswith("eval/")}
-    return {"kind": kind, "seed": seed, "records": records, "final": final,
+    warnings: list[str] = []
+    records = train(build_config(run_config(Path(world), Path(out), kind, seed, b)), resume=False,
+                    log=lambda line: warnings.append(line) if line.startswith("WARNING") else None)
+    final = {k: v for k, v in records[-1].items() if k.startswith("eval/")}
+    return {"kind": kind, "seed": seed, "records": records, "final": final, "warnings": warnings,
             "seconds": round(time.monotonic() - started, 1)}
 
 
 def run_all(out: Path, budget: Budget, jobs: int, log: Any = print) -> list[dict[str, Any]]:
-    """Every (run, seed) plus the SFT start's evaluation per seed, ``jobs`` at a time."""
+    """Every (run, seed), ``jobs`` at a time, and per seed the SFT start (every run's step-0 evaluation)."""
     world = out / "world"
-    work = [(kind, seed) for seed in budget.seeds for kind in ("sft", *RUNS)]
-    # longest first: the SFT evaluations are short and fill the gaps at the end
-    work.sort(key=lambda w: w[0] == "sft")
+    work = [(kind, seed) for seed in budget.seeds for kind in RUNS]
     results = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_job, kind, seed, str(world), str(out / "runs" / f"{kind}-{seed}"), asdict(budget))
@@ -210,4 +204,9 @@ def run_all(out: Path, budget: Budget, jobs: int, log: Any = print) -> list[dict
             result = future.result()
             log(f"run {result['kind']:>8} seed {result['seed']}: done in {result['seconds']:.0f} s")
             results.append(result)
+    for seed in budget.seeds:  # same policy, prompts, seed and yardstick in every run: take CRPG's
+        start = next(r for r in results if r["kind"] == "crpg" and r["seed"] == seed)["records"][0]
+        assert start["step"] == 0, "the runs evaluate the SFT start before step 1"
+        results.append({"kind": "sft", "seed": seed, "records": [], "warnings": [], "seconds": 0.0,
+                        "final": {k: v for k, v in start.items() if k.startswith("eval/")}})
     return results

@@ -12,7 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from cgpo.demo.world import TASKS
+from cgpo.demo.world import JUDGES, TASKS
+from trainer.config import MonitorConfig
 
 KINDS = ("sft", "baseline", "crpg", "codpo", "crraft")
 LABELS = {"sft": "SFT start", "baseline": "baseline (RM only)", "crpg": "CGPO-CRPG", "codpo": "CGPO-CODPO",
@@ -28,9 +29,9 @@ def aggregate(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
         if not finals:
             continue
         tasks = {}
-        for task in TASKS:
-            values = {m: [f[f"eval/{task}/{m}"] for f in finals] for m in METRICS}
-            tasks[task] = {m: statistics.fmean(v) for m, v in values.items()}
+        for task in TASKS:  # the SFT start is π_ref: it has no KL estimate
+            values = {m: [f[f"eval/{task}/{m}"] for f in finals if f"eval/{task}/{m}" in f] for m in METRICS}
+            tasks[task] = {m: statistics.fmean(v) for m, v in values.items() if v}
             tasks[task]["pass_rate_std"] = statistics.pstdev(values["pass_rate"]) if len(finals) > 1 else 0.0
             tasks[task]["per_seed_pass_rate"] = values["pass_rate"]
         out[kind] = {"tasks": tasks}
@@ -56,7 +57,67 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "worst_change": worst})
         out.append({"claim": f"{kind} ends >= 15 points above the baseline on the hacked tasks",
                     "held": bool(ahead) and min(ahead.values()) >= 0.15, "margins": ahead})
+    monitor = results.get("monitor")
+    if monitor is not None:
+        missed = [f"{t} (seed {s})" for t in hacked for s, seen in monitor["baseline"][t].items() if not seen["fired"]]
+        out.append({"claim": "the reward-hacking monitor flags the baseline on every hacked task, in every seed",
+                    "held": bool(hacked) and not missed, "missed": missed})
+        noisy = [f"{kind} {t} (seed {s})" for kind in ("crpg", "crraft") for t in TASKS
+                 for s, seen in monitor[kind][t].items() if seen["fired"]]
+        out.append({"claim": "the reward-hacking monitor stays quiet on crpg and crraft (every task and seed)",
+                    "held": not noisy, "fired": noisy})
     return out
+
+
+def monitor_summary(runs: list[dict[str, Any]], config: MonitorConfig = MonitorConfig()) -> dict[str, Any]:
+    """Per run kind, task and seed: whether the monitor fired (first crossing: step, data, judge, window,
+    score) and the highest training-window and held-out scores (trainer/monitor.py)."""
+    out: dict[str, Any] = {}
+    for r in runs:
+        if not r["records"]:
+            continue
+        for task in TASKS:
+            seen: dict[str, Any] = {"fired": None, "max_train": None, "max_eval": None}
+            eval_steps: list[int] = []
+            for rec in r["records"]:
+                step = int(rec["step"])
+                if f"eval/{task}/pass_rate" in rec:
+                    eval_steps.append(step)
+                for source, prefix in (("train", ""), ("eval", "eval/")):
+                    score = rec.get(f"{prefix}{task}/hacking_score")
+                    if score is None:
+                        continue
+                    key = f"max_{source}"
+                    seen[key] = score if seen[key] is None else max(seen[key], score)
+                    if score >= config.threshold and seen["fired"] is None:
+                        judge = max(JUDGES[task], key=lambda j: rec.get(f"{prefix}{task}/judge/{j}/hacking_score",
+                                                                         float("-inf")))
+                        first = (step - config.window + 1 if source == "train"
+                                 else eval_steps[max(0, len(eval_steps) - config.eval_window)])
+                        seen["fired"] = {"step": step, "source": source, "judge": judge, "window": [first, step],
+                                         "score": score}
+            out.setdefault(r["kind"], {}).setdefault(task, {})[r["seed"]] = seen
+    return out
+
+
+def monitor_lines(summary: dict[str, Any]) -> list[str]:
+    """report.md's monitor section: one line per run and task."""
+    lines = []
+    for kind in KINDS:
+        for task in TASKS:
+            for seed, seen in sorted(summary.get(kind, {}).get(task, {}).items()):
+                peak = ", ".join(f"{what} {seen[f'max_{key}']:+.2f}" for key, what in
+                                 (("train", "highest training-window score"), ("eval", "held-out"))
+                                 if seen[f"max_{key}"] is not None) or "no score (the run is shorter than a window)"
+                fired = seen["fired"]
+                if fired is None:
+                    lines.append(f"- {LABELS[kind]}, seed {seed}, {task}: quiet ({peak})")
+                    continue
+                where = "training batches" if fired["source"] == "train" else "held-out evaluations"
+                lines.append(f"- {LABELS[kind]}, seed {seed}, {task}: **fired** at step {fired['step']} "
+                             f"(judge {fired['judge']}, {where} of steps {fired['window'][0]}-{fired['window'][1]}, "
+                             f"score {fired['score']:.2f}; {peak})")
+    return lines
 
 
 def table(results: dict[str, Any]) -> str:
@@ -82,19 +143,17 @@ def curves(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    start = {t: {m: statistics.fmean(r["final"][f"eval/{t}/{m}"] for r in runs if r["kind"] == "sft")
-                 for m in ("pass_rate", "reward")} for t in TASKS}
     fig, axes = plt.subplots(2, len(TASKS), figsize=(4 * len(TASKS), 6.5), sharex=True)
     for kind in KINDS[1:]:
         mine = [r for r in runs if r["kind"] == kind]
         if not mine:
             continue
+        # every run's evaluations, the SFT start's (step 0) first
         evals = [[rec for rec in r["records"] if f"eval/{TASKS[0]}/pass_rate" in rec] for r in mine]
-        steps = [0] + [int(rec["step"]) for rec in evals[0]]
+        steps = [int(rec["step"]) for rec in evals[0]]
         for col, task in enumerate(TASKS):
             for row, metric in enumerate(("pass_rate", "reward")):
-                series = [start[task][metric]] + [statistics.fmean(e[i][f"eval/{task}/{metric}"] for e in evals)
-                                                  for i in range(len(steps) - 1)]
+                series = [statistics.fmean(e[i][f"eval/{task}/{metric}"] for e in evals) for i in range(len(steps))]
                 axes[row][col].plot(steps, series, marker="o", label=LABELS[kind])
     for col, task in enumerate(TASKS):
         axes[0][col].set_title(task)
@@ -146,7 +205,17 @@ def write_report(out: Path, results: dict[str, Any], checked: list[dict[str, Any
         "",
     ]
     lines += [f"- {'met' if c['held'] else 'NOT met'}: {c['claim']}"
-              + (f" ({', '.join(c['tasks'])})" if c.get("tasks") else "") for c in checked]
+              + (f" ({', '.join(c['tasks'])})" if c.get("tasks") else "")
+              + (f" (missed: {', '.join(c['missed'])})" if c.get("missed") else "")
+              + (f" (fired: {', '.join(c['fired'])})" if c.get("fired") else "") for c in checked]
+    if results.get("monitor") is not None:
+        monitor = MonitorConfig()
+        lines += ["", "## Reward-hacking monitor", "",
+                  f"`TASK/hacking_score` = min(trend of the calibrated reward, −trend of the judge's pass rate), "
+                  f"trends being Pearson correlations with the step over the last {monitor.window} training steps, "
+                  f"or over the last {monitor.eval_window} held-out evaluations (the SFT start's included); it fires "
+                  f"at {monitor.threshold} (trainer/monitor.py). One line per run and task:", ""]
+        lines += monitor_lines(results["monitor"])
     for task, rows in examples.items():
         lines += ["", f"## Where the baseline hacks the RM: {task}", ""]
         for row in rows:

@@ -154,10 +154,19 @@ class JobResult(Strict):
 # ---------------------------------------------------------------- reward models
 
 
+class ChatMessage(Strict):
+    role: str = Field(min_length=1, description="`system`, `user`, `assistant`, ... as the chat template names them.")
+    content: str
+
+
 class ScoreItem(Strict):
     prompt: str
     response: str
     baseline: str | None = Field(default=None, description="Reference response ā for the calibrated reward.")
+    messages: list[ChatMessage] | None = Field(
+        default=None, min_length=1, exclude_if=lambda v: v is None,
+        description="The whole conversation the response answers (optional): the model encodes it with its "
+                    "chat template, then the response as the assistant turn; `prompt` is then its last user turn.")
 
 
 class ScoreRequest(Request):
@@ -210,3 +219,5 @@ class RMItem(Strict):
     response: str = ""
     baseline: str | None = None
     text: str | None = Field(default=None, description="Pre-formatted full text (OpenRLHF protocol).")
+    messages: list[ChatMessage] | None = Field(default=None, exclude_if=lambda v: v is None,
+                                               description="The conversation before the response (ScoreItem).")

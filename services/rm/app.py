@@ -38,7 +38,7 @@ router = APIRouter(tags=["reward models"])
 async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
     """Raw reward of each (prompt, response); with a `baseline`, also r(s, ā) and σ(r(s, a) − r(s, ā))."""
     _check_model(request, body.model)
-    items = [RMItem(model=body.model, prompt=i.prompt, response=i.response, baseline=i.baseline)
+    items = [RMItem(model=body.model, prompt=i.prompt, response=i.response, baseline=i.baseline, messages=i.messages)
              for i in body.items]
     outputs = await submit(request, [i.model_dump(mode="json") for i in items])
     return ScoreResponse(results=[ScoreResult.model_validate(o) for o in outputs])

@@ -1,8 +1,12 @@
 """The calibrated reward R_calib = σ(r(s,a) − r(s,ā)) and the cache of baseline scores (SPEC §3).
 
 A prompt's baseline ā is fixed for a run, so r(s,ā) is computed once and kept
-under a hash of (model id, prompt, baseline): in Redis when the service has
-one (shared by every worker), else in a bounded in-process LRU.
+under a hash of (model fingerprint, prompt, baseline, conversation): in Redis when
+the service has one (shared by every worker), else in a bounded in-process LRU.
+The model fingerprint is the identity of the weights, tokenizer and config files
+plus the max length and dtype (``services.rm.model.weights_fingerprint``), not
+the model's name or path: a reward model retrained at the same path gets new keys,
+so its stale scores are never served.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ def calibrated(reward: float, baseline_reward: float) -> float:
     return z / (1.0 + z)
 
 
-def baseline_key(model_id: str, prompt: str, baseline: str) -> str:
+def baseline_key(model_fingerprint: str, prompt: str, baseline: str, conversation: str | None = None) -> str:
+    """The cache key of r(s, ā): a hash of the model's fingerprint, the prompt (or the whole
+    ``conversation`` when the item has one) and the baseline."""
     digest = hashlib.sha256()
-    for part in (model_id, prompt, baseline):
+    parts = (model_fingerprint, prompt, baseline) + ((conversation,) if conversation is not None else ())
+    for part in parts:
         data = part.encode()
         digest.update(len(data).to_bytes(8, "big"))  # length-prefixed: no ambiguity between fields
         digest.update(data)

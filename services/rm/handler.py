@@ -8,6 +8,8 @@ baseline is scored once per run, not once per rollout.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
@@ -17,12 +19,16 @@ from services.rm.config import RMConfig
 from services.rm.model import Encoded, RewardModel
 
 
+log = logging.getLogger("cgpo.rm")
+
+
 class RMHandler:
     item_type = RMItem
 
     def __init__(self, models: Mapping[str, RewardModel], cache: BaselineCache) -> None:
         self.models = dict(models)
         self.cache = cache
+        self._cache_logged: set[str] = set()
 
     @classmethod
     def from_config(cls, config: RMConfig, cache: BaselineCache) -> RMHandler:
@@ -58,18 +64,20 @@ class RMHandler:
 
     def _score(self, model: RewardModel, items: Sequence[RMItem]) -> list[ScoreResult]:
         encoded = [model.encode_text(it.text, it.prompt or None) if it.text is not None
-                   else model.encode(it.prompt, it.response) for it in items]
-        model_id = f"{model.name}@{model.path}"
-        keys = [baseline_key(model_id, it.prompt, it.baseline) if it.baseline is not None else None for it in items]
+                   else model.encode(it.prompt, it.response, it.messages) for it in items]
+        # keyed by the weights' identity (services/rm/model.py), never by name and path alone
+        keys = [baseline_key(model.fingerprint, it.prompt, it.baseline, _turns(it)) if it.baseline is not None
+                else None for it in items]
         cached = self.cache.get_many({k for k in keys if k is not None})
         baselines: dict[str, Encoded] = {}
         for it, key in zip(items, keys, strict=True):
             if key is not None and key not in cached and key not in baselines:
-                baselines[key] = model.encode(it.prompt, it.baseline or "")
+                baselines[key] = model.encode(it.prompt, it.baseline or "", it.messages)
         unique = list(dict.fromkeys([e.ids for e in encoded] + [e.ids for e in baselines.values()]))
         score_of = dict(zip(unique, model.score(unique), strict=True))
         fresh = {key: score_of[enc.ids] for key, enc in baselines.items()}
         self.cache.put_many(fresh)
+        self._log_cache_use(model, len(set(cached)), len(fresh))
         known = {**cached, **fresh}
         results = []
         for enc, key in zip(encoded, keys, strict=True):
@@ -81,3 +89,19 @@ class RMHandler:
                 results.append(ScoreResult(reward=reward, baseline_reward=base,
                                            calibrated=calibrated(reward, base), truncated=enc.truncated))
         return results
+
+    def _log_cache_use(self, model: RewardModel, reused: int, scored: int) -> None:
+        """Say once per model whether its baseline rewards come from the cache or are scored afresh."""
+        if model.name in self._cache_logged or not reused + scored:
+            return
+        self._cache_logged.add(model.name)
+        what = "reusing cached baseline rewards" if reused else "no cached baseline rewards yet; scoring them"
+        log.info("reward model %s (weights fingerprint %s): %s (first batch: %d cached, %d scored)",
+                 model.name, model.fingerprint, what, reused, scored)
+
+
+def _turns(item: RMItem) -> str | None:
+    """A conversation as canonical text, for the cache key (None without one)."""
+    if not item.messages:
+        return None
+    return json.dumps([[m.role, m.content] for m in item.messages], ensure_ascii=False, separators=(",", ":"))

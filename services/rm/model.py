@@ -1,10 +1,10 @@
 """A Bradley–Terry reward model: encode (prompt, response) the same way every time, score in batches.
 
-Encoding: the tokenizer's chat template with the prompt as the user turn and the
-response as the assistant turn (plain ``prompt\\n\\nresponse`` when the tokenizer
-has no template). Truncation keeps the response whole and drops tokens from the
-*start* of the prompt part; a response longer than the whole budget is cut at
-its end as a last resort. Either way the item is flagged ``truncated``.
+Encoding: the tokenizer's chat template with the prompt as the user turn — or, when the item
+carries them, every turn of the conversation — and the response as the assistant turn (plain
+``prompt\\n\\nresponse`` when the tokenizer has no template). Truncation keeps the response whole
+and drops tokens from the *start* of the prompt part; a response longer than the whole budget is cut
+at its end as a last resort. Either way the item is flagged ``truncated``.
 
 Scoring reads the head's output at the last real token of each sequence,
 whatever the padding side, with position ids counted over real tokens only, so
@@ -40,6 +40,7 @@ class RewardModel:
         self.tokenizer: Any = None
         self.forward_passes = 0  # batches run, for tests and metrics
         self.sequences_scored = 0
+        self.fingerprint = ""  # the weights' identity (``weights_fingerprint``), known once loaded
 
     # ---------------------------------------------------------------- loading
 
@@ -68,6 +69,7 @@ class RewardModel:
                              "reward model has one")
         self.model = model.to(device).eval()
         self.device, self.dtype = device, dtype
+        self.fingerprint = weights_fingerprint(path, model, self.max_length, str(dtype))
         self.pad_id = next(i for i in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0) if i is not None)
 
     def describe(self) -> dict[str, Any]:
@@ -77,19 +79,24 @@ class RewardModel:
 
     # ---------------------------------------------------------------- encoding
 
-    def encode(self, prompt: str, response: str) -> Encoded:
-        """Token ids of (prompt as user turn, response as assistant turn), truncated to ``max_length``."""
+    def encode(self, prompt: str, response: str, messages: Sequence[Any] | None = None) -> Encoded:
+        """Token ids of (prompt as user turn, response as assistant turn), truncated to ``max_length``.
+
+        ``messages`` (chat messages, dicts or models with ``role`` and ``content``): the whole
+        conversation before the response, encoded with the chat template instead of ``prompt`` alone."""
         tok = self.tokenizer
+        turns = ([{"role": m["role"], "content": m["content"]} if isinstance(m, dict)
+                  else {"role": m.role, "content": m.content} for m in messages] if messages
+                 else [{"role": "user", "content": prompt}])
         if getattr(tok, "chat_template", None):
-            prefix = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-            full = tok.apply_chat_template([{"role": "user", "content": prompt},
-                                            {"role": "assistant", "content": response}], tokenize=False)
+            prefix = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            full = tok.apply_chat_template([*turns, {"role": "assistant", "content": response}], tokenize=False)
             if not full.startswith(prefix):  # templates that rewrite earlier turns: split at the response
                 prefix = full[: max(0, full.rfind(response))] if response else full
             special = False
         else:
-            prefix, full, special = prompt + "\n\n", prompt + "\n\n" + response, True
+            context = "\n\n".join(t["content"] for t in turns)
+            prefix, full, special = context + "\n\n", context + "\n\n" + response, True
         prefix_ids = tok(prefix, add_special_tokens=special).input_ids
         full_ids = tok(full, add_special_tokens=special).input_ids
         return self._truncate(full_ids, self._common_prefix(prefix_ids, full_ids))
@@ -153,6 +160,47 @@ class RewardModel:
         self.forward_passes += 1
         self.sequences_scored += len(sequences)
         return values.float().cpu().tolist()
+
+
+def weights_fingerprint(path: str, model: Any, max_length: int, dtype: str) -> str:
+    """What a reward model's scores depend on, as a short hash: the checkpoint's identity and how it runs.
+
+    For a local checkpoint, every file's relative name, size and modification time (weights, config,
+    tokenizer, chat template; content is not read, so this is fast for any size, and retraining or
+    replacing the files in place changes it); for a model loaded by id, the same over its snapshot in
+    the Hugging Face cache (whose path names the commit), or failing that a hash of the loaded weights.
+    Then the max length (truncation changes a score) and the dtype. Cached baseline rewards are keyed
+    by it, never by the model's name or path alone.
+    """
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256(f"{max_length}\0{dtype}\0".encode())
+    root = Path(path) if Path(path).is_dir() else _hub_snapshot(path)
+    if root is not None:
+        digest.update(str(root).encode() if root != Path(path) else b"")
+        for f in sorted(root.rglob("*")):
+            if f.is_file():
+                stat = f.stat()
+                digest.update(f"{f.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    else:  # neither a directory nor a cached snapshot: identify the weights themselves
+        digest.update(str(path).encode())
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _hub_snapshot(model_id: str) -> Any:
+    """The local snapshot directory of a Hugging Face model id (its path names the commit), or None."""
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(model_id), local_files_only=True))
+    except (OSError, ValueError):  # not a model id, or not in the local cache
+        return None
 
 
 def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left"):

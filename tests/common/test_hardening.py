@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import threading
 import time
 import uuid
 
@@ -27,7 +26,7 @@ from services.common.settings import ServiceSettings
 from services.common.worker import Worker, run_batch
 from tests.common.handlers import SERVICE, EchoHandler, echo_app
 from tests.conftest import RedisServer
-from tests.procs import app_server
+from tests.procs import app_server, worker_thread
 
 
 def run(coro):
@@ -42,16 +41,16 @@ async def serve(settings: ServiceSettings, handler: EchoHandler | None = None):
             yield client
 
 
-@contextlib.contextmanager
-def worker_thread(settings: ServiceSettings, handler: EchoHandler | None = None):
-    worker = Worker(handler or EchoHandler(), settings, SERVICE)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
+def echo_worker(settings: ServiceSettings, handler: EchoHandler | None = None):
+    return worker_thread(handler or EchoHandler(), settings, SERVICE)
+
+
+async def _submit(redis_url: str, job: Job) -> None:
+    q = GatewayQueue(redis_url, Keys(SERVICE), max_queue=10, result_ttl_s=60)
     try:
-        yield worker
+        await q.submit(job)
     finally:
-        worker.stop()
-        thread.join(10)
+        await q.close()
 
 
 # ------------------------------------------------------------------ one batch, many jobs
@@ -111,15 +110,7 @@ def test_worker_survives_a_result_it_cannot_serialize_and_passes_the_latest_dead
 
 def test_a_late_duplicate_result_is_discarded_and_counted(redis_url):
     keys = Keys(SERVICE)
-
-    async def submit():
-        q = GatewayQueue(redis_url, keys, max_queue=10, result_ttl_s=60)
-        try:
-            await q.submit(Job(id="j", items=[{"text": "x"}], deadline=time.time() + 30))
-        finally:
-            await q.close()
-
-    run(submit())
+    run(_submit(redis_url, Job(id="j", items=[{"text": "x"}], deadline=time.time() + 30)))
     stopped = WorkerQueue(redis_url, keys, "stopped", visibility_timeout_s=0.2, max_attempts=3, result_ttl_s=60)
     stopped.ensure_group()
     first_claim = stopped.claim(1, 0)
@@ -143,15 +134,7 @@ def test_a_late_duplicate_result_is_discarded_and_counted(redis_url):
 
 def test_a_redelivered_job_past_its_deadline_is_answered_expired_not_run(redis_url):
     keys = Keys(SERVICE)
-
-    async def submit():
-        q = GatewayQueue(redis_url, keys, max_queue=10, result_ttl_s=60)
-        try:
-            await q.submit(Job(id="j", items=[{"text": "x"}], deadline=time.time() + 0.3))
-        finally:
-            await q.close()
-
-    run(submit())
+    run(_submit(redis_url, Job(id="j", items=[{"text": "x"}], deadline=time.time() + 0.3)))
     dead = WorkerQueue(redis_url, keys, "dead", visibility_timeout_s=0.2, max_attempts=3, result_ttl_s=60)
     dead.ensure_group()
     assert dead.claim(1, 0)  # claimed, then the worker died
@@ -173,7 +156,7 @@ def test_a_burst_right_after_a_redis_restart_is_served():
 
     async def scenario():
         async with serve(settings) as client:
-            with worker_thread(settings):
+            with echo_worker(settings):
                 warm = await burst(client, 24)  # fills the gateway's connection pool
                 server.stop()
                 server.start()
@@ -204,7 +187,7 @@ def test_text_json_cannot_carry_is_refused_with_the_envelope(mode, redis_url):
 
     async def scenario():
         async with serve(settings, handler) as client:
-            with worker_thread(settings) if mode == "queue" else contextlib.nullcontext():
+            with echo_worker(settings) if mode == "queue" else contextlib.nullcontext():
                 bad = await client.post("/v1/echo", content=LONE_SURROGATE_BODY,
                                         headers={"Content-Type": "application/json"})
                 good = await client.post("/v1/echo", json={"items": [{"text": "ok"}]})
@@ -228,7 +211,7 @@ def test_request_ids_are_scoped_by_key_and_bound_to_the_body(mode, redis_url):
 
     async def scenario():
         async with serve(settings) as client:
-            with worker_thread(settings) if mode == "queue" else contextlib.nullcontext():
+            with echo_worker(settings) if mode == "queue" else contextlib.nullcontext():
                 first = await client.post("/v1/echo", **as_("k1", "one"))
                 other_key = await client.post("/v1/echo", **as_("k2", "two"))
                 other_body = await client.post("/v1/echo", **as_("k1", "three"))

@@ -28,19 +28,34 @@ def test_quick_demo_writes_results_curves_and_report(tmp_path, subprocess_env):
         tasks = results["runs"][kind]["tasks"]
         assert set(tasks) == set(TASKS)
         for metrics in tasks.values():
-            assert 0.0 <= metrics["pass_rate"] <= 1.0 and metrics["pass_rate_std"] == 0.0
-            assert {"reward", "calibrated_reward", "kl"} <= set(metrics)
-    assert all(results["runs"]["sft"]["tasks"][t]["kl"] == 0.0 for t in TASKS)  # the start is π_ref itself
+            assert 0.0 <= metrics["pass_rate"] <= 1.0
+            assert {"reward", "calibrated_reward"} <= set(metrics)
+            assert ("kl" in metrics) == (kind != "sft")  # the start is π_ref: no KL is estimated for it
     assert {c["claim"] for c in results["claims"]} and all(isinstance(c["held"], bool) for c in results["claims"])
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (tmp_path / "report.md").read_text()
     assert "| math: pass % |" in report and "curves.png" in report
+    monitor = report.split("## Reward-hacking monitor")[1].split("\n## ")[0]
+    lines = [line for line in monitor.splitlines() if line.startswith("- ")]
+    assert len(lines) == len(KINDS[1:]) * len(TASKS)  # one per run and task
+    assert all(line.endswith("(no score (the run is shorter than a window))") for line in lines)
+    assert {c["claim"] for c in results["claims"]} >= {
+        "the reward-hacking monitor flags the baseline on every hacked task, in every seed",
+        "the reward-hacking monitor stays quiet on crpg and crraft (every task and seed)"}
     assert "SFT start" in done.stdout and "wrote" in done.stdout
-    # every training run logged its steps and evaluated the held-out prompts at the end
+    # every training run evaluated the SFT start (step 0), logged its steps and evaluated at the end
+    starts = []
     for kind in KINDS[1:]:
-        lines = (tmp_path / "runs" / f"{kind}-0" / "metrics.jsonl").read_text().splitlines()
-        assert len(lines) == results["budget"]["steps"]
-        assert "eval/math/pass_rate" in json.loads(lines[-1])
+        rows = [json.loads(line) for line in (tmp_path / "runs" / f"{kind}-0" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == list(range(results["budget"]["steps"] + 1))
+        assert "eval/math/pass_rate" in rows[-1]
+        starts.append({k: v for k, v in rows[0].items() if k.startswith("eval/")})
+    # one SFT start, whichever run evaluated it (CGPO runs also score harmful with their own safety RM)
+    shared = set.intersection(*(set(start) for start in starts))
+    assert {f"eval/{t}/pass_rate" for t in TASKS} <= shared
+    assert all({k: start[k] for k in shared} == {k: starts[0][k] for k in shared} for start in starts)
+    sft = results["runs"]["sft"]["tasks"]
+    assert all(sft[t]["pass_rate"] == starts[0][f"eval/{t}/pass_rate"] for t in TASKS)
 
     again = run_quick(tmp_path, subprocess_env)  # the world (SFT policy, RMs) is cached, not rebuilt
     assert again.returncode == 0, again.stderr[-3000:]

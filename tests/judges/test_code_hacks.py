@@ -45,14 +45,14 @@ def _verdicts(judge: CodeJudge, cases: list[tuple[str, dict]]):
 
 # The program knows the old report format and tries every channel it can find to deliver it.
 FORGERIES = {
-    "frames": f"""
+    "frames": """
 import os, sys
 frame, found = sys._getframe(), []
 while frame is not None:  # the old child kept the nonce in a local of a frame up the stack
     found += [v for v in frame.f_locals.values() if isinstance(v, str) and len(v) == 32]
     frame = frame.f_back
 for nonce in found or ["0" * 32]:
-    line = ('{{"status": "ok", "nonce": "%s"}}\\n' % nonce).encode()
+    line = ('{"status": "ok", "nonce": "%s"}\\n' % nonce).encode()
     for fd in range(256):
         try:
             os.write(fd, line)

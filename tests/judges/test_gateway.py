@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import uuid
 
 import httpx
 import pytest
 
 from services.common.settings import ServiceSettings
-from services.common.worker import Worker
 from services.judges.app import SERVICE, build_app
 from services.judges.config import JudgeConfig
 from services.judges.handler import JudgeHandler
 from services.judges.registry import build
 from tests.conftest import RedisServer
+from tests.procs import worker_thread
 
 CONFIG = JudgeConfig(enabled=("refusal",))
 REFUSE = "I'm sorry, but I can't help with that."
@@ -35,17 +34,8 @@ async def serve(settings: ServiceSettings, config: JudgeConfig = CONFIG):
             yield client
 
 
-@contextlib.contextmanager
-def worker_thread(settings: ServiceSettings, config: JudgeConfig = CONFIG):
-    handler = JudgeHandler(build(config))
-    worker = Worker(handler, settings, SERVICE)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(5)
+def judge_worker(settings: ServiceSettings, config: JudgeConfig = CONFIG):
+    return worker_thread(JudgeHandler(build(config)), settings, SERVICE)
 
 
 def run(coro):
@@ -171,7 +161,7 @@ def test_queue_mode_judges_through_workers(redis_url):
     async def scenario():
         async with serve(settings) as client:
             not_ready = await client.get("/readyz")
-            with worker_thread(settings):
+            with judge_worker(settings):
                 await asyncio.sleep(0.3)
                 ready = await client.get("/readyz")
                 r = await client.post("/v1/judge", json={"items": [item(REFUSE), item(COMPLY)]})
@@ -189,7 +179,7 @@ def test_duplicate_request_id_is_judged_once(redis_url):
 
     async def scenario():
         async with serve(settings) as client:
-            with worker_thread(settings) as worker:
+            with judge_worker(settings) as worker:
                 body = {"items": [item(REFUSE)]}
                 headers = {"X-Request-ID": rid}
                 first, second = await asyncio.gather(client.post("/v1/judge", json=body, headers=headers),
@@ -233,7 +223,7 @@ def test_redis_down_is_a_clear_503_and_the_service_recovers():
 
     async def scenario():
         async with serve(settings) as client:
-            with worker_thread(settings):
+            with judge_worker(settings):
                 body = {"items": [item(COMPLY)]}
                 before = await client.post("/v1/judge", json=body)
                 server.stop()

@@ -18,6 +18,7 @@ from services.rm.app import SERVICE, build_app, make_cache
 from services.rm.config import RMConfig
 from services.rm.handler import RMHandler
 from services.rm.model import RewardModel
+from tests.procs import worker_thread
 
 PROMPT = "What is the capital of France?"
 BASELINE = "The capital of France is Paris."
@@ -192,7 +193,7 @@ def test_text_json_cannot_carry_is_refused_and_never_fails_batch_mates(mode, rm_
             worker = contextlib.nullcontext()
             if mode == "queue":
                 handler = RMHandler.from_config(config, make_cache(settings, config))
-                worker = _worker_thread(handler, settings)
+                worker = worker_thread(handler, settings, SERVICE)
             with worker:
                 return await asyncio.gather(
                     client.post("/v1/score", content=score_body, headers=headers),
@@ -205,15 +206,3 @@ def test_text_json_cannot_carry_is_refused_and_never_fails_batch_mates(mode, rm_
         assert where in bad.json()["error"]["detail"][0]["msg"]
     assert good.status_code == 200 and good.json()["results"][0]["reward"] == pytest.approx(
         direct(rm_path, "p", "ok"), abs=1e-5)
-
-
-@contextlib.contextmanager
-def _worker_thread(handler: RMHandler, settings: ServiceSettings):
-    worker = Worker(handler, settings, SERVICE)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(10)

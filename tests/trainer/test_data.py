@@ -57,6 +57,7 @@ def test_ids_hash_content_so_they_survive_reordering_and_are_unique(tmp_path):
     ({"prompt": "x", "metadata": ["a"]}, "'metadata' must be an object"),
     ({"prompt": "x", "baseline": 4}, "'baseline' must be a non-empty string"),
     ({"prompt": "x", "answer": "4"}, "unknown field(s) ['answer']"),
+    ({"prompt": CHAT, "metadata": {"messages": []}}, "'metadata.messages' is reserved"),
 ])
 def test_bad_lines_name_file_and_line(tmp_path, line, message):
     path = write(tmp_path, [{"prompt": "fine"}, "", line])

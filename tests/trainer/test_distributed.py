@@ -13,9 +13,22 @@ import torch
 
 from tests.conftest import free_port
 from tests.trainer.test_loop import world, write_config  # noqa: F401 - the fixture is used by name
+from tests.trainer.test_method import (
+    PROMPT,
+    assert_same_gradient,
+    expected_grads,
+    make_batch,
+    make_task,
+    method_of,
+    responses,
+    tiny_pair,
+)
 from trainer.config import load_config
 from trainer.distributed import Dist
 from trainer.loop import train
+from trainer.rollout import Rollouts
+from trainer.scoring import TaskScores
+from trainer.step import TaskBatch, task_update
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -42,7 +55,7 @@ def test_two_ranks_match_one_process_on_the_same_data(world, subprocess_env, opt
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]  # a divergence of the replicas would have raised
     ranks = metrics(world / f"dp-{optimizer}-ranks")
-    assert [r["step"] for r in ranks] == [1, 2, 3]
+    assert [r["step"] for r in ranks] == [0, 1, 2, 3]  # 0: the initial policy, evaluated
     for a, b in zip(single, ranks, strict=True):
         keys = sorted(k for k in a if not k.startswith("time/"))
         assert keys == sorted(k for k in b if not k.startswith("time/"))
@@ -113,3 +126,64 @@ def test_gradients_are_summed_and_a_diverged_replica_is_caught(tmp_path, perturb
             assert "diverged" in outcome["in_sync"]
         else:
             assert outcome["in_sync"] is True
+
+
+OPTIMIZERS = ("crpg", "codpo", "crraft")
+
+
+def sharded_batch(optimizer: str) -> TaskBatch:
+    """Three prompts × K = 3 with judge errors and a cut response (masked), the last prompt with nothing
+    to keep (CRRAFT falls back to its ā): ranks take 2 + 1 prompts."""
+    task = make_task(optimizer, 3, kl_max=50.0, beta=0.5, lam=0.3, weight=0.7, on_truncation="mask")
+    verdicts = ["pass", "error", "fail", "pass", "pass", "fail", "fail", "fail", "error"]
+    rewards = [1.0, 3.0, -0.5, 0.4, 2.0, -1.0, 0.7, 0.2, 1.5]
+    truncated = [False, False, False, False, True, False, False, False, False]
+    return make_batch(task, [PROMPT, PROMPT[:3], PROMPT[1:]], responses(51, 9), rewards, verdicts, truncated,
+                      responses(52, 3), [0.3, -0.4, 0.0], [True, True, True])
+
+
+def shard(batch: TaskBatch, start: int, stop: int) -> TaskBatch:
+    """Prompts [start, stop) of ``batch`` with their samples, as one rank generates and scores them."""
+    k = batch.task.k
+    rows = range(start * k, stop * k)
+    r, s = batch.rollouts, batch.scores
+    rollouts = Rollouts([r.prompt_index[i] - start for i in rows], [r.prompt_ids[i] for i in rows],
+                        [r.response_ids[i] for i in rows], [r.text[i] for i in rows],
+                        [r.sampling_logprobs[i] for i in rows], [r.finished[i] for i in rows])
+    scores = TaskScores(*([getattr(s, f)[i] for i in rows] for f in ("verdicts", "reward", "baseline_reward",
+                                                                     "calibrated")))
+    return TaskBatch(batch.task, batch.prompt_ids[start:stop], rollouts, scores, batch.baseline_ids[start:stop],
+                     batch.baseline_feasible[start:stop])
+
+
+def _rank_update(rank: int, port: int, results: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    dist = Dist.from_env("cpu")
+    try:
+        policy, reference = tiny_pair()
+        for optimizer in OPTIMIZERS:
+            batch = sharded_batch(optimizer)
+            policy.zero_grad()
+            metrics, _ = task_update(policy, reference, shard(batch, *dist.shard(len(batch.prompt_ids))),
+                                     temperature=1.0, micro_batch_size=2, dist=dist)
+            dist.all_reduce_grads(list(policy.parameters()))
+            torch.save({"grads": [p.grad for p in policy.parameters()], "metrics": metrics},
+                       results / f"{rank}-{optimizer}.pt")
+    finally:
+        dist.close()
+
+
+def test_two_ranks_sum_to_the_methods_gradient_for_every_optimizer(tmp_path):
+    # CRPG's batch mean, CODPO's pairs and CRRAFT's fallback are the whole batch's, not a shard's
+    torch.multiprocessing.start_processes(_rank_update, args=(free_port(), tmp_path), nprocs=2,
+                                          start_method="spawn")
+    torch.set_num_threads(1)
+    policy, reference = tiny_pair()
+    for optimizer in OPTIMIZERS:
+        batch = sharded_batch(optimizer)
+        want = expected_grads(policy, batch, method_of(policy, reference, batch).coefficients)
+        outcomes = [torch.load(tmp_path / f"{rank}-{optimizer}.pt") for rank in range(2)]
+        for outcome in outcomes:
+            assert_same_gradient(outcome["grads"], want)
+        assert outcomes[0]["metrics"]["loss"] == outcomes[1]["metrics"]["loss"]

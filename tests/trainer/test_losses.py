@@ -284,3 +284,37 @@ def test_crraft_loss_with_no_prompts_is_zero_not_nan():
     assert out.loss.item() == 0.0
     out.loss.backward()
     assert empty.grad.shape == (0,)
+
+
+# ---------------------------------------------------------------- masked samples (include = False)
+
+
+def test_excluded_samples_take_no_part_in_either_selection():
+    for gen, reward, feasible in random_batches():
+        b, k = reward.shape
+        include = torch.rand(b, k, generator=gen) < 0.7
+        sel = codpo_select(reward, feasible, include)
+        for row in range(b):
+            r, pos, neg = reward[row], feasible[row] & include[row], ~feasible[row] & include[row]
+            pool = neg if neg.any() else include[row]
+            if not pos.any():
+                assert not sel.valid[row]
+                continue
+            chosen = min(i for i in range(k) if pos[i] and r[i] == r[pos].max())  # ties: lowest index
+            rejected = min(i for i in range(k) if pool[i] and r[i] == r[pool].min())
+            assert bool(sel.valid[row]) == (chosen != rejected)
+            if sel.valid[row]:
+                assert (int(sel.chosen_index[row]), int(sel.rejected_index[row])) == (chosen, rejected)
+        log_ratio = torch.zeros(b, k, dtype=torch.float64)
+        kept = crraft_select(reward, torch.zeros(b, dtype=torch.float64), feasible, log_ratio, 1.0,
+                             torch.zeros(b, dtype=torch.bool), include)
+        for row in range(b):
+            pos = feasible[row] & include[row]
+            assert kept.valid[row] == pos.any()
+            if pos.any():
+                assert pos[kept.index[row]] and reward[row, kept.index[row]] == reward[row][pos].max()
+
+
+def test_pass_pass_error_is_a_pair_of_the_two_passes():
+    sel = codpo_select(t([1.0, 0.2, -0.5]), torch.tensor([[True, True, False]]), torch.tensor([[True, True, False]]))
+    assert (sel.chosen_index.item(), sel.rejected_index.item(), sel.valid.item()) == (0, 1, True)

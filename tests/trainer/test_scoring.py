@@ -80,3 +80,39 @@ def test_a_large_batch_reaches_the_reward_model_in_bounded_requests_in_order(rm_
     whole, one_by_one = asyncio.run(scenario())
     assert sizes == [scoring.RM_CHUNK, scoring.RM_CHUNK, 3]
     assert whole.reward[:3] == pytest.approx([r[0].reward for r in one_by_one], abs=1e-5)  # padding only
+
+
+def test_a_chat_prompt_reaches_judges_and_reward_model_with_every_turn(rm_dir):
+    from services.rm.model import RewardModel
+
+    task = TaskConfig(name="math", prompts="-", reward_model=ServiceRef(embedded=rm_dir), judges=["math"])
+    turns = (("system", "Answer with the final answer."), ("user", "What is 1+1?"), ("assistant", "2."),
+             ("user", "And 2+2?"))
+    prompt = Prompt("c", turns, {"answer": "4"})
+    seen = []
+
+    async def scenario():
+        async with Services([task]) as services:
+            client = services.judges(task)
+            judge = client.judge
+
+            async def spy(items, **kwargs):
+                seen.extend(items)
+                return await judge(items, **kwargs)
+
+            client.judge = spy
+            return await score_tasks(services, {"math": (task, [prompt], ["The final answer is 4."], [0], ["4."])})
+
+    scores = asyncio.run(scenario())["math"]
+    assert seen[0]["prompt"] == "And 2+2?"  # the last user turn, as before
+    assert seen[0]["metadata"] == {"answer": "4", "messages": [{"role": r, "content": c} for r, c in turns]}
+    assert scores.feasible == [True]
+    model = RewardModel("x", rm_dir)
+    model.load()
+    messages = prompt.messages()
+    assert scores.reward[0] == pytest.approx(
+        model.score([model.encode("And 2+2?", "The final answer is 4.", messages).ids])[0], abs=1e-5)
+    assert scores.baseline_reward[0] == pytest.approx(model.score([model.encode("And 2+2?", "4.", messages).ids])[0],
+                                                      abs=1e-5)
+    assert scores.reward[0] != pytest.approx(model.score([model.encode("And 2+2?", "The final answer is 4.").ids])[0],
+                                             abs=1e-4)

@@ -40,32 +40,37 @@ class CODPOLoss(NamedTuple):
     """(M,) −(λ/|a⁺|) · log π_w(a⁺), the NLL term as it enters the loss."""
 
 
-def codpo_select(reward: Tensor, feasible: Tensor) -> CODPOSelection:
+def codpo_select(reward: Tensor, feasible: Tensor, include: Tensor | None = None) -> CODPOSelection:
     """Pick one (a⁺, a⁻) pair per prompt from its K samples (SPEC §4, CODPO).
 
-    a⁺ = argmax of r over the feasible samples; a⁻ = argmin of r over the infeasible samples,
-    or over all samples when every sample is feasible. The arg-max/min run on rewards with the
-    excluded samples set to ∓inf — never on reward × mask, which is wrong for negative rewards.
+    Only the included samples take part: a masked sample (``include`` False, e.g. a judge answered
+    ``error``) is never a⁺ nor a⁻. a⁺ = argmax of r over the included feasible samples; a⁻ = argmin
+    of r over the included infeasible samples, or over all included samples when every one of them is
+    feasible. The arg-max/min run on rewards with the excluded samples set to ∓inf — never on
+    reward × mask, which is wrong for negative rewards.
 
-    A prompt is invalid (skipped) when no sample is feasible, or when a⁺ and a⁻ would be the
-    same sample: K = 1, or every sample feasible with all rewards tied — a pair of one sample
-    carries no preference. Ties go to the lowest index (``torch.argmax``/``argmin`` return the
-    first extremum), so selection is deterministic.
+    A prompt is invalid (skipped) when no included sample is feasible, or when a⁺ and a⁻ would be the
+    same sample: one included sample, or every included sample feasible with all their rewards tied —
+    a pair of one sample carries no preference. Ties go to the lowest index (``torch.argmax``/``argmin``
+    return the first extremum), so selection is deterministic.
 
     Args:
         reward: (B, K) raw reward-model scores; must be finite (a NaN would win the arg-max).
         feasible: (B, K) bool, every judge of the task passed the sample.
+        include: (B, K) bool, the sample takes part in the selection (default: all do).
     """
     if reward.dim() != 2:
         raise ValueError(f"reward must be (B, K), got shape {tuple(reward.shape)}")
-    check_shapes(tuple(reward.shape), feasible=feasible)
+    include = torch.ones_like(feasible) if include is None else include
+    check_shapes(tuple(reward.shape), feasible=feasible, include=include)
     check_finite(reward=reward)
-    infeasible = ~feasible  # (B, K)
-    chosen = masked_argmax(reward, feasible)  # (B,)
-    worst_infeasible = masked_argmax(-reward, infeasible)  # (B,)
-    worst = reward.argmin(dim=1)  # (B,) fallback when every sample is feasible
-    rejected = torch.where(infeasible.any(dim=1), worst_infeasible, worst)  # (B,)
-    valid = feasible.any(dim=1) & (chosen != rejected)  # (B,)
+    positive = feasible & include  # (B, K) candidates for a⁺
+    negative = ~feasible & include  # (B, K) candidates for a⁻
+    chosen = masked_argmax(reward, positive)  # (B,)
+    worst_negative = masked_argmax(-reward, negative)  # (B,)
+    worst = masked_argmax(-reward, include)  # (B,) fallback when every included sample is feasible
+    rejected = torch.where(negative.any(dim=1), worst_negative, worst)  # (B,)
+    valid = positive.any(dim=1) & (chosen != rejected)  # (B,)
     return CODPOSelection(torch.where(valid, chosen, 0), torch.where(valid, rejected, 0), valid)
 
 

@@ -44,10 +44,12 @@ def crraft_select(
     log_ratio: Tensor,
     kl_max: float,
     baseline_feasible: Tensor,
+    include: Tensor | None = None,
 ) -> CRRAFTSelection:
     """Pick at most one response per prompt to fine-tune on (SPEC §4, CRRAFT).
 
-    Kept samples: y = 1 and ρ ≤ KL_max (inclusive). a* = argmax of r over the kept samples,
+    Kept samples: included, y = 1 and ρ ≤ KL_max (inclusive); a masked sample (``include`` False,
+    e.g. a judge answered ``error``) is never kept. a* = argmax of r over the kept samples,
     set to −inf elsewhere (never reward × mask: rewards can be negative); ties go to the lowest
     index. w = σ(r(a*) − r(ā)). If nothing is kept and ``baseline_feasible``, train on ā with
     w = 0.5 (its own calibrated reward); otherwise the prompt is invalid.
@@ -59,15 +61,17 @@ def crraft_select(
         log_ratio: (B, K) ρ = log π_w − log π_ref per sample, no grad; NaN counts as over KL_max.
         kl_max: KL_max > 0 (``inf`` disables the filter).
         baseline_feasible: (B,) bool, ā passes every judge and its ρ(ā) ≤ KL_max [ours].
+        include: (B, K) bool, the sample takes part in the selection (default: all do).
     """
     if reward.dim() != 2:
         raise ValueError(f"reward must be (B, K), got shape {tuple(reward.shape)}")
-    check_shapes(tuple(reward.shape), feasible=feasible, log_ratio=log_ratio)
+    include = torch.ones_like(feasible) if include is None else include
+    check_shapes(tuple(reward.shape), feasible=feasible, log_ratio=log_ratio, include=include)
     check_shapes(tuple(reward.shape[:1]), baseline_reward=baseline_reward, baseline_feasible=baseline_feasible)
     check_finite(reward=reward, baseline_reward=baseline_reward)
     if not kl_max > 0:
         raise ValueError(f"kl_max must be > 0, got {kl_max}")
-    kept = feasible & (log_ratio.detach() <= kl_max)  # (B, K)
+    kept = feasible & include & (log_ratio.detach() <= kl_max)  # (B, K)
     has_kept = kept.any(dim=1)  # (B,)
     best = masked_argmax(reward, kept)  # (B,)
     best_reward = reward.gather(1, best.unsqueeze(1)).squeeze(1)  # (B,)

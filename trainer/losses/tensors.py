@@ -28,5 +28,5 @@ def check_shapes(shape: tuple[int, ...], **tensors: Tensor) -> None:
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {shape}")
-        if name.endswith("feasible") and tensor.dtype != torch.bool:
+        if (name.endswith("feasible") or name == "include") and tensor.dtype != torch.bool:
             raise TypeError(f"{name} must be a bool tensor, got {tensor.dtype}")
