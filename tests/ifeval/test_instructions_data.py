@@ -100,6 +100,7 @@ def test_accuracies_reproduce_ifevals_figures_for_the_gpt4_responses(tmp_path):
                                  "prompt_loose": 0.7967, "instruction_loose": 0.8561}, abs=5e-5)
 
 
+@pytest.mark.slow
 def test_sampled_pairs_prefer_the_sample_the_judge_rates_higher(tmp_path):
     from cgpo.instructions import sample_preference_pairs
     from services.judges.instructions.judge import follows

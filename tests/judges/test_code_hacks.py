@@ -546,6 +546,7 @@ def _drop_last_return(solution: str) -> str:
     return "\n".join(lines[:last] + lines[last + 1:]) + "\n"
 
 
+@pytest.mark.slow
 def test_humaneval_canonical_solutions_pass_and_broken_ones_fail(judge):
     problems = _humaneval()
     assert len(problems) == 164

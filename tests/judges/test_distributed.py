@@ -24,6 +24,7 @@ def stack_env(redis_url, subprocess_env):
     return env
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_batch_loses_no_accepted_request(stack_env, redis_url):
     port = free_port()
     procs = [spawn(["judges", "serve", "--port", str(port)], stack_env)]

@@ -102,6 +102,7 @@ def judges():
         yield {"instructions": instructions, "math": math, "refusal": RefusalJudge()}
 
 
+@pytest.mark.slow
 def test_corpus_items_are_decided_within_the_bound(judges):
     texts = corpus(CORPUS_CHARS)
     batches: dict[str, list[tuple[str, Sample]]] = {name: [] for name in judges}
@@ -265,6 +266,7 @@ def post(client: httpx.Client, items: list[dict], timeout_s: float) -> tuple[htt
     return response, time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_health_answers_while_pathological_batches_run_and_deadlines_stop_work(gateway):
     every_loose = {**EVERY_INSTRUCTION, "strict": False}
     huge = "*\n" + "? " * 3_950_000 + "\n*"  # 7.9 MB, seconds per loose variant

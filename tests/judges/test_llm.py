@@ -204,6 +204,7 @@ def test_template_declarations_are_checked():
     assert TEMPLATES["factuality"].required_metadata == ("answer",)
 
 
+@pytest.mark.slow
 def test_trained_safety_judge_reads_the_model(tmp_path):
     model_dir = save_safety_model(tmp_path)
     (judge,) = build_llm_judges(str(model_dir), "hf", templates=[SAFETY], batch_size=8)

@@ -25,6 +25,7 @@ def slow_rm(tmp_path_factory):
     return tiny_rm(tmp_path_factory.mktemp("rm-128"), hidden_size=128, num_layers=2, num_heads=2)
 
 
+@pytest.mark.slow
 def test_rm_worker_killed_mid_batch_loses_no_accepted_request(slow_rm, redis_url, subprocess_env):
     env = dict(subprocess_env, CGPO_REDIS_URL=redis_url, CGPO_VISIBILITY_TIMEOUT_S="1.5",
                CGPO_RM_MODELS=f"helpful={slow_rm}", CGPO_LOG_LEVEL="warning")

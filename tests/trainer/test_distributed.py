@@ -41,6 +41,7 @@ def metrics(directory: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["crraft", "codpo"])
 def test_two_ranks_match_one_process_on_the_same_data(world, subprocess_env, optimizer):  # noqa: F811
     # batch_size 5 splits 3 + 2: uneven shards; CRRAFT also trains on baselines, CODPO on pairs
@@ -174,6 +175,7 @@ def _rank_update(rank: int, port: int, results: Path) -> None:
         dist.close()
 
 
+@pytest.mark.slow
 def test_two_ranks_sum_to_the_methods_gradient_for_every_optimizer(tmp_path):
     # CRPG's batch mean, CODPO's pairs and CRRAFT's fallback are the whole batch's, not a shard's
     torch.multiprocessing.start_processes(_rank_update, args=(free_port(), tmp_path), nprocs=2,

@@ -11,6 +11,7 @@ from trainer.config import load_config
 from trainer.loop import train
 
 
+@pytest.mark.slow
 def test_training_against_remote_services_matches_embedded(world, redis_url, subprocess_env):  # noqa: F811
     env = dict(subprocess_env, CGPO_REDIS_URL=redis_url, CGPO_LOG_LEVEL="warning",
                CGPO_JUDGES_ENABLED="instructions", CGPO_RM_MODELS=f"helpful={world}/rm")
