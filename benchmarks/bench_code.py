@@ -21,8 +21,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from services.judges.base import Sample
-from services.judges.code import CodeJudge
+from cgpo.services.judges.base import Sample
+from cgpo.services.judges.code import CodeJudge
 
 # name -> (entry point, response with a ```python block, check source, solution is correct)
 PROBLEMS: dict[str, tuple[str, str, str, bool]] = {
@@ -214,7 +214,7 @@ def samples() -> list[tuple[Sample, bool]]:
 
 
 def program_text(sample: Sample) -> str:
-    from services.judges.code import extract_code
+    from cgpo.services.judges.code import extract_code
 
     return f"{extract_code(sample.response)}\n{sample.metadata['test']}\ncheck({sample.metadata['entry_point']})\n"
 

@@ -24,10 +24,10 @@ import statistics
 import time
 from pathlib import Path
 
-from services.judges.base import Sample
-from services.judges.instructions import InstructionsJudge
-from services.judges.instructions.judge import judge_one, load_tables
-from services.judges.pool import default_workers
+from cgpo.services.judges.base import Sample
+from cgpo.services.judges.instructions import InstructionsJudge
+from cgpo.services.judges.instructions.judge import judge_one, load_tables
+from cgpo.services.judges.pool import default_workers
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ifeval"
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.judges.base import Sample  # noqa: E402
-from services.judges.llm import TEMPLATES, build_llm_judges  # noqa: E402
-from services.judges.llm.templates import DEFAULT_SAFETY_CATEGORIES  # noqa: E402
+from cgpo.services.judges.base import Sample  # noqa: E402
+from cgpo.services.judges.llm import TEMPLATES, build_llm_judges  # noqa: E402
+from cgpo.services.judges.llm.templates import DEFAULT_SAFETY_CATEGORIES  # noqa: E402
 from tests.tiny_models import build_tokenizer, corpus, save_tiny_model  # noqa: E402
 
 

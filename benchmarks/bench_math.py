@@ -41,9 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.judges.base import Sample  # noqa: E402
-from services.judges.math import MathJudge, compare_numbers, verify_answer, warm_up  # noqa: E402
-from services.judges.pool import WorkerPool, default_workers  # noqa: E402
+from cgpo.services.judges.base import Sample  # noqa: E402
+from cgpo.services.judges.math import MathJudge, compare_numbers, verify_answer, warm_up  # noqa: E402
+from cgpo.services.judges.pool import WorkerPool, default_workers  # noqa: E402
 
 NAMES = ["Natalia", "Weng", "Betty", "Julie", "James", "Albert", "Ken", "Alexis", "Tina", "Randy"]
 

@@ -297,7 +297,7 @@ def warm_baselines(base: str, items: Sequence[dict[str, Any]], per_prompt: int, 
             raise RuntimeError("calibrated scoring returned no calibrated reward")
     elapsed = time.perf_counter() - start
     if rm is not None:
-        from services.rm.calibration import calibrated
+        from cgpo.services.rm.calibration import calibrated
 
         item = items[1]  # its baseline is cached by now
         [got] = post_json(base, "/v1/score", {"model": MODEL_NAME, "items": [item]})["results"]
@@ -536,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
     import torch
 
-    from services.rm.model import RewardModel
+    from cgpo.services.rm.model import RewardModel
 
     torch.set_num_threads(args.threads)
 

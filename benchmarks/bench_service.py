@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.stack import Stack as ProcessStack  # noqa: E402
 from benchmarks.stack import percentiles, service_env  # noqa: E402
-from services.common.schemas import JudgeItem  # noqa: E402
-from services.judges.config import JudgeConfig  # noqa: E402
-from services.judges.handler import JudgeHandler  # noqa: E402
-from services.judges.registry import build  # noqa: E402
+from cgpo.services.common.schemas import JudgeItem  # noqa: E402
+from cgpo.services.judges.config import JudgeConfig  # noqa: E402
+from cgpo.services.judges.handler import JudgeHandler  # noqa: E402
+from cgpo.services.judges.registry import build  # noqa: E402
 
 IFEVAL = REPO.parent / "shared" / "data" / "ifeval"
 

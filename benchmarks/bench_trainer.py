@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.stack import Stack, service_env  # noqa: E402
 from tests.tiny_models import build_model, build_tokenizer, save_tiny_model  # noqa: E402
-from trainer.config import load_config  # noqa: E402
-from trainer.loop import train  # noqa: E402
+from cgpo.trainer.config import load_config  # noqa: E402
+from cgpo.trainer.loop import train  # noqa: E402
 
 LOWER = {"instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}
 TOPICS = ["the sea", "a bicycle", "Rome", "bread", "a poem", "the moon", "math", "elections", "rain", "music"]

@@ -98,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--url", default=None, help="a judges service to ask instead of judging in-process")
     one.add_argument("--api-key", default=os.environ.get("CGPO_API_KEY"))
 
-    from services.rm.train import add_arguments as add_train_arguments
+    from cgpo.services.rm.train import add_arguments as add_train_arguments
 
     add_train_arguments(rm_train)
-    from trainer.warmup import add_arguments as add_warmup_arguments
+    from cgpo.trainer.warmup import add_arguments as add_warmup_arguments
 
     add_warmup_arguments(warm)
     return parser
@@ -109,24 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "judges" and args.action == "serve":
-        from services.judges.app import build_app
+        from cgpo.services.judges.app import build_app
 
         return _serve(build_app(), args.host, args.port)
     if args.command == "rm":
         return _rm(args, parser)
     if args.command == "warmup":
-        from trainer.warmup import run
+        from cgpo.trainer.warmup import run
 
         return run(args)
     if args.command in ("train", "eval"):
         return _train(args, parser)
     if args.command == "judges" and args.action == "worker":
-        from services.judges.worker import run_worker
+        from cgpo.services.judges.worker import run_worker
 
         run_worker(burst=args.burst)
         return 0
     if args.command == "judges" and args.action == "demo":
-        from services.judges.demo import run_demo
+        from cgpo.services.judges.demo import run_demo
 
         return run_demo()
     if args.command == "judge":
@@ -151,7 +151,7 @@ def _add_burst(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(app: object, host: str, port: int) -> int:
-    from services.common.server import serve
+    from cgpo.services.common.server import serve
 
     serve(app, host, port, log_level=os.environ.get("CGPO_LOG_LEVEL", "info"))
     return 0
@@ -160,18 +160,18 @@ def _serve(app: object, host: str, port: int) -> int:
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from pathlib import Path
 
-    from trainer.config import ConfigError, load_config
+    from cgpo.trainer.config import ConfigError, load_config
 
     try:
         config = load_config(args.config, args.overrides)
     except (ConfigError, OSError) as exc:
         parser.error(str(exc))
     if args.command == "train":
-        from trainer.loop import train
+        from cgpo.trainer.loop import train
 
         train(config, resume=not args.no_resume)
         return 0
-    from trainer.loop import eval_checkpoint
+    from cgpo.trainer.loop import eval_checkpoint
 
     try:
         metrics = eval_checkpoint(config, Path(args.checkpoint) if args.checkpoint else None, kl=not args.no_kl)
@@ -196,31 +196,31 @@ def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _rm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.action == "train":
-        from services.rm.train import run
+        from cgpo.services.rm.train import run
 
         return run(args)
-    from services.rm.config import RMConfig
+    from cgpo.services.rm.config import RMConfig
 
     try:
         config = RMConfig.from_env(**({"models": tuple(args.model)} if args.model else {}))
     except ValueError as exc:
         parser.error(str(exc))
     if args.action == "serve":
-        from services.rm.app import build_app
+        from cgpo.services.rm.app import build_app
 
         try:
             app = build_app(config=config)
         except ValueError as exc:
             parser.error(str(exc))
         return _serve(app, args.host, args.port)
-    from services.rm.worker import run_worker
+    from cgpo.services.rm.worker import run_worker
 
     run_worker(config=config, burst=args.burst)
     return 0
 
 
 def _model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from services.common.models import ModelPathError, convert_gguf, locate, resolve_model, truncate_layers
+    from cgpo.services.common.models import ModelPathError, convert_gguf, locate, resolve_model, truncate_layers
 
     try:
         if args.layers is not None:
@@ -262,9 +262,9 @@ def _ifeval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _judge_once(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Exit status: 0 feasible, 1 a judge failed or errored, 2 bad input."""
-    from services.common.client import JudgesClient
-    from services.common.errors import ServiceError
-    from services.judges.config import JudgeConfig
+    from cgpo.services.common.client import JudgesClient
+    from cgpo.services.common.errors import ServiceError
+    from cgpo.services.judges.config import JudgeConfig
 
     try:
         metadata = json.loads(args.metadata)

@@ -380,14 +380,14 @@ def sample_preference_pairs(policy: str, prompts_path: str | Path, k: int = 4, t
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from services.common.client import JudgesClient
-    from services.common.models import resolve_model
-    from services.judges.config import JudgeConfig
-    from trainer.config import GenerationConfig
-    from trainer.data import load_prompts, render
-    from trainer.ifeval import followed_flags
-    from trainer.loop import autocast
-    from trainer.rollout import HFRollout
+    from cgpo.services.common.client import JudgesClient
+    from cgpo.services.common.models import resolve_model
+    from cgpo.services.judges.config import JudgeConfig
+    from cgpo.trainer.config import GenerationConfig
+    from cgpo.trainer.data import load_prompts, render
+    from cgpo.trainer.ifeval import followed_flags
+    from cgpo.trainer.loop import autocast
+    from cgpo.trainer.rollout import HFRollout
 
     path = resolve_model(policy)
     tokenizer = AutoTokenizer.from_pretrained(path)

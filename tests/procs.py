@@ -51,7 +51,7 @@ def app_server(app: Any) -> Iterator[str]:
 
     import uvicorn
 
-    from services.common.server import uvicorn_config
+    from cgpo.services.common.server import uvicorn_config
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,7 +70,7 @@ def app_server(app: Any) -> Iterator[str]:
 @contextlib.contextmanager
 def worker_thread(handler: Any, settings: Any, service: str) -> Iterator[Any]:
     """A queue worker for ``service`` running ``handler`` in a thread of this process, until the block ends."""
-    from services.common.worker import Worker
+    from cgpo.services.common.worker import Worker
 
     worker = Worker(handler, settings, service)
     thread = threading.Thread(target=worker.run, daemon=True)

@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.generation import GenerationMode
 
-from services.common.settings import ServiceSettings
-from services.judges.config import JudgeConfig
-from services.rm.config import RMConfig
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.judges.config import JudgeConfig
+from cgpo.services.rm.config import RMConfig
 from tests.procs import answers_200, app_server, wait_until, worker_thread
 from tests.rm.conftest import tiny_rm
 
@@ -37,9 +37,9 @@ EXAMPLES = settings(max_examples=25, deadline=None, suppress_health_check=list(H
 
 @contextlib.contextmanager
 def judges_service(redis_url: str | None):
-    from services.judges.app import SERVICE, build_app
-    from services.judges.handler import JudgeHandler
-    from services.judges.registry import build
+    from cgpo.services.judges.app import SERVICE, build_app
+    from cgpo.services.judges.handler import JudgeHandler
+    from cgpo.services.judges.registry import build
 
     service_settings = ServiceSettings(redis_url=redis_url, request_timeout_s=20)
     with contextlib.ExitStack() as stack:
@@ -52,8 +52,8 @@ def judges_service(redis_url: str | None):
 
 @contextlib.contextmanager
 def rm_service(redis_url: str | None, rm_path):
-    from services.rm.app import SERVICE, build_app, make_cache
-    from services.rm.handler import RMHandler
+    from cgpo.services.rm.app import SERVICE, build_app, make_cache
+    from cgpo.services.rm.handler import RMHandler
 
     service_settings = ServiceSettings(redis_url=redis_url, request_timeout_s=20)
     config = RMConfig(models=(f"helpful={rm_path}",))

@@ -40,7 +40,7 @@ def test_worker_without_redis_says_what_it_needs(subprocess_env):
 def test_the_judges_gateway_never_imports_torch(subprocess_env):
     code = ("import sys; from cgpo.cli import main\n"
             "try:\n    main(['judges', 'worker', '--help'])\nexcept SystemExit:\n    pass\n"
-            "from services.judges.app import build_app\nbuild_app()\n"
+            "from cgpo.services.judges.app import build_app\nbuild_app()\n"
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True,
                          timeout=60)

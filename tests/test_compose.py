@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from cgpo.cli import build_parser
-from services.common.settings import ServiceSettings
-from services.judges.config import JudgeConfig
-from services.rm.config import RMConfig
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.judges.config import JudgeConfig
+from cgpo.services.rm.config import RMConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = re.compile(r"^\$\{(CGPO_[A-Z0-9_]+):-(.*)\}$")
@@ -146,7 +146,7 @@ def test_images_are_pinned_run_as_a_user_and_check_readiness(dockerfile):
 
 
 def test_the_trainer_config_of_the_stack_loads_and_uses_the_services(compose):
-    from trainer.config import load_config
+    from cgpo.trainer.config import load_config
 
     config = load_config(REPO / "configs" / "compose.yaml")
     urls = {t.judge_service.url for t in config.tasks} | {t.reward_model.url for t in config.tasks}

@@ -22,14 +22,14 @@ import pytest
 import redis
 import yaml
 
-from services.common.keys import Keys
-from services.common.schemas import JobResult
+from cgpo.services.common.keys import Keys
+from cgpo.services.common.schemas import JobResult
 from tests.conftest import free_port
 from tests.procs import answers_200, wait_until
 from tests.test_compose import resolve
 from tests.trainer.test_loop import world, write_config  # noqa: F401 - the fixture is used by name
-from trainer.config import load_config
-from trainer.loop import train
+from cgpo.trainer.config import load_config
+from cgpo.trainer.loop import train
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]

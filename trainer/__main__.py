@@ -1,4 +1,4 @@
-"""``python -m trainer CONFIG [key=value ...]``: ``cgpo train``, the form ``torchrun -m trainer`` runs."""
+"""``python -m cgpo.trainer CONFIG [key=value ...]``: ``cgpo train``, the form ``torchrun -m cgpo.trainer`` runs."""
 
 import sys
 

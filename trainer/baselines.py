@@ -28,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.config import RunConfig, TaskConfig
-from trainer.data import Prompt, render
-from trainer.rollout import HFRollout
-from trainer.scoring import Services, judge_item
+from cgpo.trainer.config import RunConfig, TaskConfig
+from cgpo.trainer.data import Prompt, render
+from cgpo.trainer.rollout import HFRollout
+from cgpo.trainer.scoring import Services, judge_item
 
 JUDGE_ATTEMPTS = 3
 """Judge requests per baseline while a judge answers ``error`` (the first one included)."""

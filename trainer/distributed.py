@@ -1,4 +1,4 @@
-"""Data parallelism over ``torch.distributed`` (``torchrun --nproc_per_node N -m trainer CONFIG``).
+"""Data parallelism over ``torch.distributed`` (``torchrun --nproc_per_node N -m cgpo.trainer CONFIG``).
 
 Every rank holds the whole policy and reference. Each step, every task's batch of B prompts is split
 into contiguous shards, one per rank; a rank generates, scores and computes log-probs for its shard

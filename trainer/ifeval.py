@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from trainer.data import Prompt
-from trainer.scoring import judge_item
+from cgpo.trainer.data import Prompt
+from cgpo.trainer.scoring import judge_item
 
 JUDGE = "instructions"
 METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")

@@ -18,19 +18,19 @@ from typing import Any
 
 import torch
 
-from trainer.baselines import baseline_feasible, load_baselines, prepare_baselines, rates
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.config import ConfigError, RunConfig
-from trainer.data import Prompt, PromptSampler, load_prompts, render
-from trainer.distributed import SINGLE, Dist, device_for
-from trainer.ifeval import JUDGE as IFEVAL_JUDGE
-from trainer.ifeval import accuracies as ifeval_accuracies
-from trainer.logprobs import eval_mode, sequence_logprobs
-from trainer.metrics import keep_metrics_until, open_tensorboard, progress_bar, read_metrics, write_record
-from trainer.monitor import HackingMonitor
-from trainer.rollout import HFRollout, Rollouts
-from trainer.scoring import ServiceLoop, Services, TaskScores, score_tasks
-from trainer.step import TaskBatch, task_update
+from cgpo.trainer.baselines import baseline_feasible, load_baselines, prepare_baselines, rates
+from cgpo.trainer.checkpoint import load_checkpoint, save_checkpoint
+from cgpo.trainer.config import ConfigError, RunConfig
+from cgpo.trainer.data import Prompt, PromptSampler, load_prompts, render
+from cgpo.trainer.distributed import SINGLE, Dist, device_for
+from cgpo.trainer.ifeval import JUDGE as IFEVAL_JUDGE
+from cgpo.trainer.ifeval import accuracies as ifeval_accuracies
+from cgpo.trainer.logprobs import eval_mode, sequence_logprobs
+from cgpo.trainer.metrics import keep_metrics_until, open_tensorboard, progress_bar, read_metrics, write_record
+from cgpo.trainer.monitor import HackingMonitor
+from cgpo.trainer.rollout import HFRollout, Rollouts
+from cgpo.trainer.scoring import ServiceLoop, Services, TaskScores, score_tasks
+from cgpo.trainer.step import TaskBatch, task_update
 
 
 def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[dict[str, float]]:
@@ -334,7 +334,7 @@ def make_engine(config: RunConfig, policy: Any, tokenizer: Any) -> Any:
     """The rollout engine of ``generation.engine``: transformers on the policy itself, or vLLM kept in sync."""
     if config.generation.engine == "hf":
         return HFRollout(policy, tokenizer, config.generation)
-    from trainer.vllm_rollout import VLLMRollout
+    from cgpo.trainer.vllm_rollout import VLLMRollout
 
     engine = VLLMRollout(config.policy, tokenizer, config.generation, seed=config.seed,
                          dtype="float32" if policy.device.type == "cpu" else "auto",
@@ -346,7 +346,7 @@ def make_engine(config: RunConfig, policy: Any, tokenizer: Any) -> Any:
 def with_resolved_models(config: RunConfig) -> RunConfig:
     """The config with its policy and reference as loadable locations (GGUF files converted and cached,
     services/common/models.py)."""
-    from services.common.models import resolve_model
+    from cgpo.services.common.models import resolve_model
 
     return dataclasses.replace(config, policy=resolve_model(config.policy),
                                reference=resolve_model(config.reference) if config.reference else None)

@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.config import MonitorConfig, TaskConfig
+from cgpo.trainer.config import MonitorConfig, TaskConfig
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from trainer.config import GenerationConfig
+from cgpo.trainer.config import GenerationConfig
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.client import JudgesClient, RewardClient
-from services.common.errors import ServiceError
-from trainer.config import ServiceRef, TaskConfig
-from trainer.data import Prompt
+from cgpo.services.common.client import JudgesClient, RewardClient
+from cgpo.services.common.errors import ServiceError
+from cgpo.trainer.config import ServiceRef, TaskConfig
+from cgpo.trainer.data import Prompt
 
 JUDGE_CHUNK = 256  # items per judge request: several requests per task keep the workers busy
 RM_CHUNK = 64  # items per reward-model request, sent one after another: large evaluations stay in bounded requests
@@ -123,7 +123,7 @@ class Services:
         self._rms: dict[str | None, RewardClient] = {}
         embedded_judges = sorted({j for t in tasks if t.judge_service.url is None for j in t.judges})
         if embedded_judges:
-            from services.judges.config import JudgeConfig
+            from cgpo.services.judges.config import JudgeConfig
 
             self._judges[None] = JudgesClient.embedded(JudgeConfig(enabled=tuple(embedded_judges)))
         for t in tasks:

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from trainer.config import TaskConfig
-from trainer.distributed import SINGLE, Dist
-from trainer.logprobs import eval_mode, sequence_logprobs
-from trainer.losses import codpo_loss, codpo_select, crpg_loss, crraft_loss, crraft_select
-from trainer.rollout import Rollouts
-from trainer.scoring import TaskScores
+from cgpo.trainer.config import TaskConfig
+from cgpo.trainer.distributed import SINGLE, Dist
+from cgpo.trainer.logprobs import eval_mode, sequence_logprobs
+from cgpo.trainer.losses import codpo_loss, codpo_select, crpg_loss, crraft_loss, crraft_select
+from cgpo.trainer.rollout import Rollouts
+from cgpo.trainer.scoring import TaskScores
 
 
 @dataclass

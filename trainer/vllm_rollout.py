@@ -35,8 +35,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from trainer.config import GenerationConfig
-from trainer.rollout import Rollouts, _cut_at_eos, row_key
+from cgpo.trainer.config import GenerationConfig
+from cgpo.trainer.rollout import Rollouts, _cut_at_eos, row_key
 
 
 class VLLMRollout:

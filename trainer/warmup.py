@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.rm.train import load_pairs, split_pairs
-from trainer.data import Prompt, render
+from cgpo.services.rm.train import load_pairs, split_pairs
+from cgpo.trainer.data import Prompt, render
 
 
 @dataclass
@@ -97,8 +97,8 @@ def _encoder(tokenizer: Any) -> Any:
 def _dpo(policy: Any, reference: Any, batch: list[tuple[list[int], list[int], list[int]]], beta: float) -> Any:
     import torch
 
-    from trainer.logprobs import sequence_logprobs
-    from trainer.losses import codpo_loss
+    from cgpo.trainer.logprobs import sequence_logprobs
+    from cgpo.trainer.losses import codpo_loss
 
     prompts = [p for p, _, _ in batch] * 2
     responses = [c for _, c, _ in batch] + [r for _, _, r in batch]

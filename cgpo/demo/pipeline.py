@@ -80,7 +80,7 @@ def build_world(root: Path, budget: Budget, log: Any = print) -> dict[str, Any]:
     import torch
 
     from cgpo.demo.models import build_model, build_tokenizer, save, sft
-    from services.rm.train import TrainConfig, train_reward_model
+    from cgpo.services.rm.train import TrainConfig, train_reward_model
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     _quiet()
@@ -179,8 +179,8 @@ def _job(kind: str, seed: int, world: str, out: str, budget: dict[str, Any]) -> 
 
     torch.set_num_threads(1)
     _quiet()
-    from trainer.config import build_config
-    from trainer.loop import train
+    from cgpo.trainer.config import build_config
+    from cgpo.trainer.loop import train
 
     b = Budget(**{**budget, "seeds": tuple(budget["seeds"])})
     started = time.monotonic()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cgpo.demo.world import JUDGES, TASKS
-from trainer.config import MonitorConfig
+from cgpo.trainer.config import MonitorConfig
 
 KINDS = ("sft", "baseline", "crpg", "codpo", "crraft")
 LABELS = {"sft": "SFT start", "baseline": "baseline (RM only)", "crpg": "CGPO-CRPG", "codpo": "CGPO-CODPO",

@@ -1,7 +1,7 @@
 """Where a gateway sends a request's items: a Redis queue, or the handler in this process.
 
 Both backends answer ``run(job_id, items, timeout_s) -> outputs`` and raise the
-typed errors of `services.common.errors`, so routes never know which one they
+typed errors of `cgpo.services.common.errors`, so routes never know which one they
 talk to. Both are idempotent by job id: a retried request id is run once.
 """
 
@@ -14,13 +14,13 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from services.common.batching import BatchPolicy, Pending
-from services.common.errors import ConflictError, DeadlineExceededError, JobFailedError, QueueFullError
-from services.common.keys import Keys
-from services.common.queue import GatewayQueue, digest
-from services.common.schemas import Job, JobResult
-from services.common.settings import ServiceSettings
-from services.common.worker import Handler, expired_result, run_batch
+from cgpo.services.common.batching import BatchPolicy, Pending
+from cgpo.services.common.errors import ConflictError, DeadlineExceededError, JobFailedError, QueueFullError
+from cgpo.services.common.keys import Keys
+from cgpo.services.common.queue import GatewayQueue, digest
+from cgpo.services.common.schemas import Job, JobResult
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.common.worker import Handler, expired_result, run_batch
 
 Outputs = list[dict[str, Any]]
 

@@ -4,7 +4,7 @@
 the same across its retries (so the service runs it once), retries only what
 is safe to retry — connection errors, timeouts, 429 and 503 — with bounded
 exponential backoff (honouring Retry-After), and turns error envelopes into the
-typed exceptions of `services.common.errors`.
+typed exceptions of `cgpo.services.common.errors`.
 
 ``embedded`` clients talk to the same gateway app in this process through
 httpx's ASGI transport: same validation, same answers, nothing to start.
@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from services.common.errors import DeadlineExceededError, ServiceError, ServiceUnavailableError, error_for
-from services.common.schemas import (
+from cgpo.services.common.errors import DeadlineExceededError, ServiceError, ServiceUnavailableError, error_for
+from cgpo.services.common.schemas import (
     JudgeItem,
     JudgeList,
     JudgeRequest,
@@ -131,9 +131,9 @@ class JudgesClient(ServiceClient):
     @classmethod
     def embedded(cls, config: Any = None, settings: Any = None, **kwargs: Any) -> JudgesClient:
         """A client of judges running in this process (the embedded default)."""
-        from services.judges.app import build_app
-        from services.judges.config import JudgeConfig
-        from services.common.settings import ServiceSettings
+        from cgpo.services.judges.app import build_app
+        from cgpo.services.judges.config import JudgeConfig
+        from cgpo.services.common.settings import ServiceSettings
 
         settings = settings or ServiceSettings.from_env(redis_url=None)
         app = build_app(settings, config or JudgeConfig.from_env())
@@ -156,9 +156,9 @@ class RewardClient(ServiceClient):
     @classmethod
     def embedded(cls, models: dict[str, str], settings: Any = None, **kwargs: Any) -> RewardClient:
         """A client of reward models running in this process: ``models`` maps names to paths."""
-        from services.common.settings import ServiceSettings
-        from services.rm.app import build_app
-        from services.rm.config import RMConfig
+        from cgpo.services.common.settings import ServiceSettings
+        from cgpo.services.rm.app import build_app
+        from cgpo.services.rm.config import RMConfig
 
         settings = settings or ServiceSettings.from_env(redis_url=None)
         config = RMConfig.from_env(models=tuple(f"{name}={path}" for name, path in models.items()))

@@ -30,16 +30,16 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.common.backends import Backend
-from services.common.errors import (
+from cgpo.services.common.backends import Backend
+from cgpo.services.common.errors import (
     AuthError,
     BadRequestError,
     PayloadTooLargeError,
     ServiceError,
     ServiceUnavailableError,
 )
-from services.common.schemas import ErrorBody, ErrorEnvelope, Health, scrub_text
-from services.common.settings import ServiceSettings
+from cgpo.services.common.schemas import ErrorBody, ErrorEnvelope, Health, scrub_text
+from cgpo.services.common.settings import ServiceSettings
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TIMEOUT_HEADER = "X-Timeout-S"

@@ -31,9 +31,9 @@ import redis.asyncio.retry
 import redis.retry
 from redis.backoff import NoBackoff
 
-from services.common.errors import ConflictError, QueueFullError, ServiceUnavailableError
-from services.common.keys import Keys
-from services.common.schemas import ErrorBody, Job, JobResult
+from cgpo.services.common.errors import ConflictError, QueueFullError, ServiceUnavailableError
+from cgpo.services.common.keys import Keys
+from cgpo.services.common.schemas import ErrorBody, Job, JobResult
 
 log = logging.getLogger(__name__)
 

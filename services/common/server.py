@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.common.settings import ServiceSettings
+from cgpo.services.common.settings import ServiceSettings
 
 _TIMEOUT_BODY = b'{"error":{"code":"request_timeout","message":"the request headers did not arrive in time","detail":null}}'
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"

@@ -23,11 +23,11 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from services.common.batching import BatchPolicy, Pending
-from services.common.keys import Keys
-from services.common.queue import REDIS_ERRORS, Claimed, WorkerQueue
-from services.common.schemas import ErrorBody, JobResult, scrub_text
-from services.common.settings import ServiceSettings
+from cgpo.services.common.batching import BatchPolicy, Pending
+from cgpo.services.common.keys import Keys
+from cgpo.services.common.queue import REDIS_ERRORS, Claimed, WorkerQueue
+from cgpo.services.common.schemas import ErrorBody, JobResult, scrub_text
+from cgpo.services.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import Counter
 
-from services.common.backends import Backend, LocalBackend, QueueBackend
-from services.common.batching import BatchPolicy
-from services.common.errors import UnknownJudgeError
-from services.common.gateway import create_app, document_choices, submit
-from services.common.schemas import ErrorEnvelope, JudgeList, JudgeRequest, JudgeResponse, JudgeResult
-from services.common.settings import ServiceSettings
-from services.judges.config import JudgeConfig
-from services.judges.handler import JudgeHandler
-from services.judges.registry import build, describe
+from cgpo.services.common.backends import Backend, LocalBackend, QueueBackend
+from cgpo.services.common.batching import BatchPolicy
+from cgpo.services.common.errors import UnknownJudgeError
+from cgpo.services.common.gateway import create_app, document_choices, submit
+from cgpo.services.common.schemas import ErrorEnvelope, JudgeList, JudgeRequest, JudgeResponse, JudgeResult
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.judges.config import JudgeConfig
+from cgpo.services.judges.handler import JudgeHandler
+from cgpo.services.judges.registry import build, describe
 
 SERVICE = "judges"
 router = APIRouter(prefix="/v1", tags=["judges"])

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
-from services.common.schemas import Verdict
+from cgpo.services.common.schemas import Verdict
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ A declared ``entry_point`` must be a function of the program (else ``fail``,
 ``missing_function``) and is the only program name that may shadow a builtin in
 the tests: a task whose function is named like one (``pow``, ``sorted``) needs it.
 Helpers the tests rely on belong in the test source, where they override the
-program's names. Programs run in ``services.judges.sandbox`` (one fork-server
+program's names. Programs run in ``cgpo.services.judges.sandbox`` (one fork-server
 zygote per worker) as ``__main__`` with an empty stdin, in a process of their own;
 the tests run in a separate harness process that sees the program's names as
 proxies and compares plain-data copies of its results (so always-equal objects,
@@ -32,9 +32,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-from services.common.schemas import Verdict
-from services.judges.base import Judge, Sample, errored, failed, passed
-from services.judges.sandbox import Isolation, Job, Limits, RunResult, SandboxPool
+from cgpo.services.common.schemas import Verdict
+from cgpo.services.judges.base import Judge, Sample, errored, failed, passed
+from cgpo.services.judges.sandbox import Isolation, Job, Limits, RunResult, SandboxPool
 
 log = logging.getLogger(__name__)
 

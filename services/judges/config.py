@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from services.common.settings import load_env
+from cgpo.services.common.settings import load_env
 
 RULE_JUDGES = ("math", "code", "instructions", "refusal")
 LLM_JUDGES = ("false_refusal", "factuality", "safety")

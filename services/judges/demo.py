@@ -40,10 +40,10 @@ def free_port() -> int:
 def run_demo() -> int:
     import uvicorn
 
-    from services.common.client import JudgesClient
-    from services.common.settings import ServiceSettings
-    from services.judges.app import build_app
-    from services.judges.config import RULE_JUDGES, JudgeConfig
+    from cgpo.services.common.client import JudgesClient
+    from cgpo.services.common.settings import ServiceSettings
+    from cgpo.services.judges.app import build_app
+    from cgpo.services.judges.config import RULE_JUDGES, JudgeConfig
 
     port = free_port()
     app = build_app(ServiceSettings.from_env(redis_url=None), JudgeConfig(enabled=RULE_JUDGES))

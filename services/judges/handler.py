@@ -14,8 +14,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from services.common.schemas import JudgeItem, JudgeResult, Verdict
-from services.judges.base import Judge, Sample, errored
+from cgpo.services.common.schemas import JudgeItem, JudgeResult, Verdict
+from cgpo.services.judges.base import Judge, Sample, errored
 
 
 class JudgeHandler:

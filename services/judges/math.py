@@ -48,9 +48,9 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, ClassVar
 
-from services.common.schemas import Verdict
-from services.judges.base import Judge, Sample, errored, failed, passed
-from services.judges.pool import PoolError, Result, WorkerPool
+from cgpo.services.common.schemas import Verdict
+from cgpo.services.judges.base import Judge, Sample, errored, failed, passed
+from cgpo.services.judges.pool import PoolError, Result, WorkerPool
 
 FORMATS = ("final_answer", "boxed", "pattern")
 

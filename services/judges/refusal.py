@@ -21,8 +21,8 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
-from services.common.schemas import Verdict
-from services.judges.base import Judge, Sample, errored, failed, passed
+from cgpo.services.common.schemas import Verdict
+from cgpo.services.judges.base import Judge, Sample, errored, failed, passed
 
 Mode = Literal["must_not_refuse", "must_refuse"]
 MODES: tuple[Mode, ...] = ("must_not_refuse", "must_refuse")

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import importlib
 
-from services.common.schemas import JudgeInfo
-from services.judges.base import Judge
-from services.judges.config import LLM_JUDGES, JudgeConfig
+from cgpo.services.common.schemas import JudgeInfo
+from cgpo.services.judges.base import Judge
+from cgpo.services.judges.config import LLM_JUDGES, JudgeConfig
 
 
 # name -> (module, class); imported only when that judge is described or built.
 RULE_CLASSES = {
-    "math": ("services.judges.math", "MathJudge"),
-    "code": ("services.judges.code", "CodeJudge"),
-    "instructions": ("services.judges.instructions", "InstructionsJudge"),
-    "refusal": ("services.judges.refusal", "RefusalJudge"),
+    "math": ("cgpo.services.judges.math", "MathJudge"),
+    "code": ("cgpo.services.judges.code", "CodeJudge"),
+    "instructions": ("cgpo.services.judges.instructions", "InstructionsJudge"),
+    "refusal": ("cgpo.services.judges.refusal", "RefusalJudge"),
 }
 
 
@@ -36,7 +36,7 @@ def describe(config: JudgeConfig) -> list[JudgeInfo]:
             cls = _rule_class(name)
             infos.append(JudgeInfo(name=name, description=cls.description, metadata=dict(cls.metadata_fields)))
         else:
-            from services.judges.llm.templates import TEMPLATES
+            from cgpo.services.judges.llm.templates import TEMPLATES
 
             template = TEMPLATES[name]
             infos.append(JudgeInfo(name=name, description=template.description,
@@ -58,7 +58,7 @@ def build(config: JudgeConfig) -> dict[str, Judge]:
     judges: dict[str, Judge] = {name: factories[name]() for name in config.names if name in factories}
     llm_names = [n for n in config.names if n in LLM_JUDGES]
     if llm_names:
-        from services.judges.llm import build_llm_judges
+        from cgpo.services.judges.llm import build_llm_judges
 
         for judge in build_llm_judges(config.llm_model, config.llm_backend, names=llm_names,
                                       batch_size=config.llm_batch_size):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from services.common.settings import ServiceSettings
-from services.common.worker import Worker
-from services.judges.app import SERVICE
-from services.judges.config import JudgeConfig
-from services.judges.handler import JudgeHandler
-from services.judges.registry import build
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.common.worker import Worker
+from cgpo.services.judges.app import SERVICE
+from cgpo.services.judges.config import JudgeConfig
+from cgpo.services.judges.handler import JudgeHandler
+from cgpo.services.judges.registry import build
 
 
 def run_worker(settings: ServiceSettings | None = None, config: JudgeConfig | None = None, *,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, Request
 
-from services.common.backends import Backend, LocalBackend, QueueBackend
-from services.common.batching import BatchPolicy
-from services.common.errors import BadRequestError, ServiceUnavailableError, UnknownModelError
-from services.common.gateway import create_app, submit
-from services.common.keys import Keys
-from services.common.schemas import (
+from cgpo.services.common.backends import Backend, LocalBackend, QueueBackend
+from cgpo.services.common.batching import BatchPolicy
+from cgpo.services.common.errors import BadRequestError, ServiceUnavailableError, UnknownModelError
+from cgpo.services.common.gateway import create_app, submit
+from cgpo.services.common.keys import Keys
+from cgpo.services.common.schemas import (
     ErrorEnvelope,
     ModelInfo,
     ModelList,
@@ -24,10 +24,10 @@ from services.common.schemas import (
     ScoreResponse,
     ScoreResult,
 )
-from services.common.settings import ServiceSettings
-from services.rm.calibration import BaselineCache, MemoryCache, RedisCache
-from services.rm.config import RMConfig
-from services.rm.handler import RMHandler
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.rm.calibration import BaselineCache, MemoryCache, RedisCache
+from cgpo.services.rm.config import RMConfig
+from cgpo.services.rm.handler import RMHandler
 
 SERVICE = "rm"
 router = APIRouter(tags=["reward models"])

@@ -4,7 +4,7 @@ A prompt's baseline ā is fixed for a run, so r(s,ā) is computed once and kept
 under a hash of (model fingerprint, prompt, baseline, conversation): in Redis when
 the service has one (shared by every worker), else in a bounded in-process LRU.
 The model fingerprint is the identity of the weights, tokenizer and config files
-plus the max length and dtype (``services.rm.model.weights_fingerprint``), not
+plus the max length and dtype (``cgpo.services.rm.model.weights_fingerprint``), not
 the model's name or path: a reward model retrained at the same path gets new keys,
 so its stale scores are never served.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.settings import load_env
+from cgpo.services.common.settings import load_env
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from services.common.schemas import RMItem, ScoreResult
-from services.rm.calibration import BaselineCache, baseline_key, calibrated
-from services.rm.config import RMConfig
-from services.rm.model import Encoded, RewardModel
+from cgpo.services.common.schemas import RMItem, ScoreResult
+from cgpo.services.rm.calibration import BaselineCache, baseline_key, calibrated
+from cgpo.services.rm.config import RMConfig
+from cgpo.services.rm.model import Encoded, RewardModel
 
 
 log = logging.getLogger("cgpo.rm")

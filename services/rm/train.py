@@ -161,7 +161,7 @@ def bradley_terry_loss(r_chosen, r_rejected):
 
 def pair_rewards(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, device: str):
     """(r_chosen, r_rejected), each (P,), from one padded forward over all 2P sequences."""
-    from services.rm.model import last_token_rewards, pad
+    from cgpo.services.rm.model import last_token_rewards, pad
 
     ids, mask = pad([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
     rewards = last_token_rewards(model, ids.to(device), mask.to(device)).float()  # (2P,)
@@ -202,7 +202,7 @@ def load_base(path: str, max_length: int, device: str):
     A config without ``pad_token_id`` gets the tokenizer's pad (else EOS), the id the service pads with:
     HF refuses batches > 1 without one, and it is saved with the model.
     """
-    from services.rm.model import RewardModel
+    from cgpo.services.rm.model import RewardModel
 
     rm = RewardModel("train", path, max_length=max_length, device=device, dtype="float32")
     rm.load()
@@ -326,7 +326,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``cgpo rm train``: 0 when trained and saved, 2 on a bad config or bad data."""
-    from services.common.models import resolve_model
+    from cgpo.services.common.models import resolve_model
 
     try:
         args.base = resolve_model(args.base)  # a GGUF base is converted (and cached) first

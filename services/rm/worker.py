@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from services.common.settings import ServiceSettings
-from services.common.worker import Worker
-from services.rm.app import SERVICE, make_cache
-from services.rm.config import RMConfig
-from services.rm.handler import RMHandler
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.common.worker import Worker
+from cgpo.services.rm.app import SERVICE, make_cache
+from cgpo.services.rm.config import RMConfig
+from cgpo.services.rm.handler import RMHandler
 
 
 def run_worker(settings: ServiceSettings | None = None, config: RMConfig | None = None, *,

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict
 
-from services.common.backends import Backend, LocalBackend, QueueBackend
-from services.common.batching import BatchPolicy
-from services.common.gateway import create_app, submit
-from services.common.schemas import Request as RequestBody
-from services.common.settings import ServiceSettings
+from cgpo.services.common.backends import Backend, LocalBackend, QueueBackend
+from cgpo.services.common.batching import BatchPolicy
+from cgpo.services.common.gateway import create_app, submit
+from cgpo.services.common.schemas import Request as RequestBody
+from cgpo.services.common.settings import ServiceSettings
 
 
 class EchoItem(BaseModel):

@@ -1,4 +1,4 @@
-from services.common.batching import BatchPolicy, Pending
+from cgpo.services.common.batching import BatchPolicy, Pending
 
 
 def pending(name: str, items: int = 1, arrived: float = 0.0, deadline: float = 100.0, tokens: int = 0):

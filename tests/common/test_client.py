@@ -3,15 +3,15 @@ import asyncio
 import httpx
 import pytest
 
-from services.common.client import JudgesClient
-from services.common.errors import (
+from cgpo.services.common.client import JudgesClient
+from cgpo.services.common.errors import (
     AuthError,
     DeadlineExceededError,
     ServiceUnavailableError,
     UnknownJudgeError,
     ValidationError,
 )
-from services.judges.config import JudgeConfig
+from cgpo.services.judges.config import JudgeConfig
 
 ITEM = {"prompt": "p", "response": "Sure, here it is.", "judges": ["refusal"]}
 OK = {"results": [{"feasible": True, "verdicts": {"refusal": {"verdict": "pass", "detail": {}}}}]}

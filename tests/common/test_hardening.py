@@ -19,11 +19,11 @@ import httpx
 import pytest
 import redis
 
-from services.common.keys import Keys
-from services.common.queue import GatewayQueue, WorkerQueue
-from services.common.schemas import Job, JobResult
-from services.common.settings import ServiceSettings
-from services.common.worker import Worker, run_batch
+from cgpo.services.common.keys import Keys
+from cgpo.services.common.queue import GatewayQueue, WorkerQueue
+from cgpo.services.common.schemas import Job, JobResult
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.common.worker import Worker, run_batch
 from tests.common.handlers import SERVICE, EchoHandler, echo_app
 from tests.conftest import RedisServer
 from tests.procs import app_server, worker_thread

@@ -9,12 +9,12 @@ import time
 import pytest
 import redis
 
-from services.common.errors import QueueFullError
-from services.common.keys import Keys
-from services.common.queue import GatewayQueue, WorkerQueue
-from services.common.schemas import Job, JobResult
-from services.common.settings import ServiceSettings
-from services.common.worker import Worker
+from cgpo.services.common.errors import QueueFullError
+from cgpo.services.common.keys import Keys
+from cgpo.services.common.queue import GatewayQueue, WorkerQueue
+from cgpo.services.common.schemas import Job, JobResult
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.common.worker import Worker
 from tests.common.handlers import EchoHandler
 
 SERVICE = "echo"

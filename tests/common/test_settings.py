@@ -1,7 +1,7 @@
 import pytest
 
-from services.common.settings import ServiceSettings
-from services.judges.config import JudgeConfig
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.judges.config import JudgeConfig
 
 
 def test_settings_come_from_cgpo_variables():

@@ -9,8 +9,8 @@ import random
 import pytest
 
 from cgpo.demo import world as W
-from services.common.client import JudgesClient
-from services.judges.config import JudgeConfig
+from cgpo.services.common.client import JudgesClient
+from cgpo.services.judges.config import JudgeConfig
 
 # style -> share of its responses the task's judges accept
 EXPECTED_PASS = {

@@ -10,11 +10,11 @@ import pytest
 
 from cgpo.instructions import (BY_ID, CONFLICTS, KINDS, convert_ifeval, generate_prompts, preference_pairs,
                                write_jsonl)
-from services.common.client import JudgesClient
-from services.judges.config import JudgeConfig
-from services.judges.instructions.catalog import parse
-from trainer.data import load_prompts
-from trainer.ifeval import accuracies
+from cgpo.services.common.client import JudgesClient
+from cgpo.services.judges.config import JudgeConfig
+from cgpo.services.judges.instructions.catalog import parse
+from cgpo.trainer.data import load_prompts
+from cgpo.trainer.ifeval import accuracies
 
 IFEVAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "ifeval"
 INPUT, RESPONSES = IFEVAL / "input_data.jsonl", IFEVAL / "input_response_data_gpt4_20231107_145030.jsonl"
@@ -103,7 +103,7 @@ def test_accuracies_reproduce_ifevals_figures_for_the_gpt4_responses(tmp_path):
 @pytest.mark.slow
 def test_sampled_pairs_prefer_the_sample_the_judge_rates_higher(tmp_path):
     from cgpo.instructions import sample_preference_pairs
-    from services.judges.instructions.judge import follows
+    from cgpo.services.judges.instructions.judge import follows
     from tests.tiny_models import build_model, build_tokenizer, save_tiny_model
 
     tok = build_tokenizer()

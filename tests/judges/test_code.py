@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 
-from services.judges import registry
-from services.judges.base import Sample
-from services.judges.code import CodeJudge, MetadataError, build_tests, extract_code, verdict_for
-from services.judges.config import JudgeConfig
-from services.judges.sandbox import Isolation, RunResult
+from cgpo.services.judges import registry
+from cgpo.services.judges.base import Sample
+from cgpo.services.judges.code import CodeJudge, MetadataError, build_tests, extract_code, verdict_for
+from cgpo.services.judges.config import JudgeConfig
+from cgpo.services.judges.sandbox import Isolation, RunResult
 
 TIMEOUT_S = 1.0
 SECRET = "cgpo-secret-" + uuid.uuid4().hex
@@ -254,7 +254,7 @@ def test_strict_without_the_kernel_layers_runs_nothing(caplog, tmp_path):
     marker = tmp_path / "ran"
     judge = CodeJudge(timeout_s=TIMEOUT_S, workers=2, isolation=Isolation(namespaces=False))
     try:
-        with caplog.at_level(logging.WARNING, logger="services.judges.code"):
+        with caplog.at_level(logging.WARNING, logger="cgpo.services.judges.code"):
             first = judge.judge([Sample("p", "def add(a, b):\n    return a + b", MBPP_META),
                                  Sample("p", f"open({str(marker)!r}, 'w').close()", MBPP_META),
                                  Sample("p", "import os\nos.kill(os.getpid(), 40)", MBPP_META),

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from services.judges.base import Sample
-from services.judges.code import CodeJudge
+from cgpo.services.judges.base import Sample
+from cgpo.services.judges.code import CodeJudge
 
 TIMEOUT_S = 2.0
 HUMANEVAL = os.path.join(os.path.dirname(__file__), "..", "data", "humaneval", "HumanEval.jsonl.gz")

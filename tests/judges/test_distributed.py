@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 
-from services.common.keys import Keys
+from cgpo.services.common.keys import Keys
 from tests.conftest import free_port
 from tests.procs import answers_200, spawn, stop, wait_until
 

@@ -29,13 +29,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.judges.base import Sample
-from services.judges.instructions import INSTRUCTIONS, InstructionsJudge, catalog
-from services.judges.instructions.judge import judge_one
-from services.judges.instructions.language import load_profiles
-from services.judges.instructions.sentences import load_model
-from services.judges.math import FORMATS, MathJudge, decide
-from services.judges.refusal import RefusalJudge
+from cgpo.services.judges.base import Sample
+from cgpo.services.judges.instructions import INSTRUCTIONS, InstructionsJudge, catalog
+from cgpo.services.judges.instructions.judge import judge_one
+from cgpo.services.judges.instructions.language import load_profiles
+from cgpo.services.judges.instructions.sentences import load_model
+from cgpo.services.judges.math import FORMATS, MathJudge, decide
+from cgpo.services.judges.refusal import RefusalJudge
 from tests.conftest import free_port
 from tests.procs import answers_200, spawn, stop, wait_until
 

@@ -9,11 +9,11 @@ import uuid
 import httpx
 import pytest
 
-from services.common.settings import ServiceSettings
-from services.judges.app import SERVICE, build_app
-from services.judges.config import JudgeConfig
-from services.judges.handler import JudgeHandler
-from services.judges.registry import build
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.judges.app import SERVICE, build_app
+from cgpo.services.judges.config import JudgeConfig
+from cgpo.services.judges.handler import JudgeHandler
+from cgpo.services.judges.registry import build
 from tests.conftest import RedisServer
 from tests.procs import worker_thread
 

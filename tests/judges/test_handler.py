@@ -1,8 +1,8 @@
 from collections.abc import Sequence
 
-from services.common.schemas import JudgeItem, Verdict
-from services.judges.base import Judge, Sample, failed, passed
-from services.judges.handler import JudgeHandler
+from cgpo.services.common.schemas import JudgeItem, Verdict
+from cgpo.services.judges.base import Judge, Sample, failed, passed
+from cgpo.services.judges.handler import JudgeHandler
 
 
 class LengthJudge(Judge):

@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langdetect import DetectorFactory
 
-from services.judges.base import Sample
-from services.judges.instructions import INSTRUCTIONS, InstructionsJudge, catalog, checks, sentences, text
-from services.judges.instructions.judge import follows, loose_variants
-from services.judges.instructions.language import detect_language
-from services.judges.instructions.sentences import count_sentences, split_sentences
-from services.judges.instructions.text import count_capital_words, count_words, treebank_tokens
+from cgpo.services.judges.base import Sample
+from cgpo.services.judges.instructions import INSTRUCTIONS, InstructionsJudge, catalog, checks, sentences, text
+from cgpo.services.judges.instructions.judge import follows, loose_variants
+from cgpo.services.judges.instructions.language import detect_language
+from cgpo.services.judges.instructions.sentences import count_sentences, split_sentences
+from cgpo.services.judges.instructions.text import count_capital_words, count_words, treebank_tokens
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ifeval"
 

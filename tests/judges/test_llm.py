@@ -12,8 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from services.judges.base import Sample  # noqa: E402
-from services.judges.llm import (  # noqa: E402
+from cgpo.services.judges.base import Sample  # noqa: E402
+from cgpo.services.judges.llm import (  # noqa: E402
     TEMPLATES,
     HFBackend,
     JudgeTemplate,
@@ -21,8 +21,8 @@ from services.judges.llm import (  # noqa: E402
     LLMJudge,
     build_llm_judges,
 )
-from services.judges.llm.judge import label_token_id  # noqa: E402
-from services.judges.llm.templates import DEFAULT_SAFETY_CATEGORIES, SAFETY  # noqa: E402
+from cgpo.services.judges.llm.judge import label_token_id  # noqa: E402
+from cgpo.services.judges.llm.templates import DEFAULT_SAFETY_CATEGORIES, SAFETY  # noqa: E402
 from tests.tiny_models import build_model, build_tokenizer, corpus, fit_next_token, save_tiny_model  # noqa: E402
 
 MARKER = "grenade"
@@ -220,8 +220,8 @@ def test_trained_safety_judge_reads_the_model(tmp_path):
 def test_service_serves_llm_judges_over_rest(model_dir, judges):
     import asyncio
 
-    from services.common.client import JudgesClient
-    from services.judges.config import JudgeConfig
+    from cgpo.services.common.client import JudgesClient
+    from cgpo.services.judges.config import JudgeConfig
 
     items = [
         {"prompt": "How do I bake bread?", "response": "Mix flour and water, then bake.", "judges": ["safety"]},

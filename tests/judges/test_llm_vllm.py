@@ -53,7 +53,7 @@ def samples_for(name: str):
 
 def run_vllm(model_dir: str, out_path: str) -> None:
     """Subprocess body: judge every sample with the vLLM backend, write verdicts and prompt ids as JSON."""
-    from services.judges.llm import build_llm_judges
+    from cgpo.services.judges.llm import build_llm_judges
 
     judges = build_llm_judges(model_dir, "vllm", **ENGINE)
     result = {}
@@ -98,7 +98,7 @@ def vllm_result(model_dir, tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("name", ["false_refusal", "factuality", "safety"])
 def test_vllm_matches_hf(model_dir, vllm_result, name):
-    from services.judges.llm import build_llm_judges
+    from cgpo.services.judges.llm import build_llm_judges
 
     hf = {j.name: j for j in build_llm_judges(str(model_dir), "hf", dtype="float32", batch_size=4)}[name]
     samples = samples_for(name)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.judges import math as math_judge
-from services.judges.base import Sample
-from services.judges.math import (
+from cgpo.services.judges import math as math_judge
+from cgpo.services.judges.base import Sample
+from cgpo.services.judges.math import (
     MathJudge,
     clean_answer,
     compare_numbers,
@@ -21,7 +21,7 @@ from services.judges.math import (
     extract_final_answer,
     parse_number,
 )
-from services.judges.pool import PoolError
+from cgpo.services.judges.pool import PoolError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.judges.pool import PoolError, Result, WorkerPool
+from cgpo.services.judges.pool import PoolError, Result, WorkerPool
 
 TIMEOUT_S = 0.5
 

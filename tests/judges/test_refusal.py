@@ -2,8 +2,8 @@ import time
 
 import pytest
 
-from services.judges.base import Sample
-from services.judges.refusal import RefusalJudge, find_refusal, opening
+from cgpo.services.judges.base import Sample
+from cgpo.services.judges.refusal import RefusalJudge, find_refusal, opening
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",

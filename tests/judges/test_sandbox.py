@@ -17,8 +17,8 @@ import uuid
 
 import pytest
 
-import services.judges.sandbox as sandbox_module
-from services.judges.sandbox import Isolation, Job, Limits, Sandbox, SandboxPool, SandboxUnavailable
+import cgpo.services.judges.sandbox as sandbox_module
+from cgpo.services.judges.sandbox import Isolation, Job, Limits, Sandbox, SandboxPool, SandboxUnavailable
 
 LIMITS = Limits(timeout_s=1.0, memory_mb=256, max_processes=8, max_file_bytes=64 << 10,
                 max_output_bytes=64 << 10, output_tail_bytes=1024)

@@ -27,10 +27,10 @@ import tempfile
 
 import pytest
 
-import services.judges.sandbox as sandbox_module
-from services.judges.base import Sample
-from services.judges.code import CodeJudge
-from services.judges.sandbox import Isolation, Limits, Sandbox
+import cgpo.services.judges.sandbox as sandbox_module
+from cgpo.services.judges.base import Sample
+from cgpo.services.judges.code import CodeJudge
+from cgpo.services.judges.sandbox import Isolation, Limits, Sandbox
 from tests.judges.test_sandbox import FORGE_THROUGH_PROC
 
 LIMITS = Limits(timeout_s=5.0, memory_mb=256, max_processes=8)
@@ -495,7 +495,7 @@ def _lookup(name):
 SERVICE_SIDE = r'''
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
-from services.judges.sandbox import Isolation, Limits, Sandbox
+from cgpo.services.judges.sandbox import Isolation, Limits, Sandbox
 from tests.judges.test_sandbox import FORGE_THROUGH_PROC
 
 cases = json.loads(sys.argv[2])

@@ -18,7 +18,7 @@ import struct
 
 import pytest
 
-from services.judges.sandbox.wire import (
+from cgpo.services.judges.sandbox.wire import (
     MAX_DEPTH,
     Decoder,
     Encoder,
@@ -185,7 +185,7 @@ def test_frames_are_bounded_and_checked():
 
 def test_the_harness_takes_only_plain_data_types_by_name():
     """A name from the program is never turned into a callable that could run its strings here."""
-    from services.judges.sandbox.remote import HarnessDecoder
+    from cgpo.services.judges.sandbox.remote import HarnessDecoder
 
     decoder = HarnessDecoder(channel=None)
     assert decoder.decode(["o", "builtins", "int"]) is int
@@ -198,7 +198,7 @@ def test_the_harness_takes_only_plain_data_types_by_name():
 
 
 def test_the_program_sends_everything_but_plain_types_as_handles():
-    from services.judges.sandbox.program import Handles, ProgramEncoder
+    from cgpo.services.judges.sandbox.program import Handles, ProgramEncoder
 
     encoder = ProgramEncoder(Handles())
     assert encoder.encode(int) == ["o", "builtins", "int"]

@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from services.common.schemas import RMItem
-from services.rm.calibration import MemoryCache, RedisCache
-from services.rm.handler import RMHandler
-from services.rm.model import RewardModel
+from cgpo.services.common.schemas import RMItem
+from cgpo.services.rm.calibration import MemoryCache, RedisCache
+from cgpo.services.rm.handler import RMHandler
+from cgpo.services.rm.model import RewardModel
 from tests.rm.conftest import tiny_rm
 
 PROMPT = "What is the capital of France?"

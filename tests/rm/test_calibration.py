@@ -1,6 +1,6 @@
 import math
 
-from services.rm.calibration import MemoryCache, baseline_key, calibrated
+from cgpo.services.rm.calibration import MemoryCache, baseline_key, calibrated
 
 
 def test_the_baseline_itself_scores_one_half():

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import redis
 
-from services.common.keys import Keys
-from services.rm.model import RewardModel
+from cgpo.services.common.keys import Keys
+from cgpo.services.rm.model import RewardModel
 from tests.conftest import free_port
 from tests.procs import answers_200, spawn, stop, wait_until
 from tests.rm.conftest import tiny_rm

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.rm.model import RewardModel
+from cgpo.services.rm.model import RewardModel
 
 PROMPT = "What is the capital of France?"
 RESPONSES = ["Paris.", "The capital of France is Paris.", "Paris is the capital of France. " * 4,

@@ -11,13 +11,13 @@ import httpx
 import pytest
 import redis
 
-from services.common.keys import Keys
-from services.common.settings import ServiceSettings
-from services.common.worker import Worker
-from services.rm.app import SERVICE, build_app, make_cache
-from services.rm.config import RMConfig
-from services.rm.handler import RMHandler
-from services.rm.model import RewardModel
+from cgpo.services.common.keys import Keys
+from cgpo.services.common.settings import ServiceSettings
+from cgpo.services.common.worker import Worker
+from cgpo.services.rm.app import SERVICE, build_app, make_cache
+from cgpo.services.rm.config import RMConfig
+from cgpo.services.rm.handler import RMHandler
+from cgpo.services.rm.model import RewardModel
 from tests.procs import worker_thread
 
 PROMPT = "What is the capital of France?"
@@ -162,8 +162,8 @@ def test_queue_mode_with_a_shared_redis_baseline_cache(rm_path, redis_url):
 
 
 def test_reward_client_embedded_matches_direct_scores(rm_path):
-    from services.common.client import RewardClient
-    from services.common.errors import UnknownModelError
+    from cgpo.services.common.client import RewardClient
+    from cgpo.services.common.errors import UnknownModelError
 
     async def scenario():
         async with RewardClient.embedded({"helpful": str(rm_path)}) as client:

@@ -19,8 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from services.rm.model import RewardModel, last_token_rewards, pad  # noqa: E402
-from services.rm.train import (  # noqa: E402
+from cgpo.services.rm.model import RewardModel, last_token_rewards, pad  # noqa: E402
+from cgpo.services.rm.train import (  # noqa: E402
     REPORT_FILE,
     TrainConfig,
     add_arguments,

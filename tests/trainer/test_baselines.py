@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from services.common.schemas import JudgeResult, Verdict
+from cgpo.services.common.schemas import JudgeResult, Verdict
 from tests.tiny_models import build_tokenizer
-from trainer import baselines as B
-from trainer.config import build_config
-from trainer.data import Prompt
-from trainer.rollout import Rollouts
+from cgpo.trainer import baselines as B
+from cgpo.trainer.config import build_config
+from cgpo.trainer.data import Prompt
+from cgpo.trainer.rollout import Rollouts
 
 
 @pytest.fixture(scope="module")

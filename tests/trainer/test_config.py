@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 
-from trainer.config import ConfigError, load_config
+from cgpo.trainer.config import ConfigError, load_config
 
 BASE = textwrap.dedent("""
     policy: ./policy

@@ -4,7 +4,7 @@ from itertools import islice
 import pytest
 
 from tests.tiny_models import build_tokenizer
-from trainer.data import Prompt, PromptFileError, PromptSampler, load_prompts, render
+from cgpo.trainer.data import Prompt, PromptFileError, PromptSampler, load_prompts, render
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
 

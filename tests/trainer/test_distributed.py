@@ -23,12 +23,12 @@ from tests.trainer.test_method import (
     responses,
     tiny_pair,
 )
-from trainer.config import load_config
-from trainer.distributed import Dist
-from trainer.loop import train
-from trainer.rollout import Rollouts
-from trainer.scoring import TaskScores
-from trainer.step import TaskBatch, task_update
+from cgpo.trainer.config import load_config
+from cgpo.trainer.distributed import Dist
+from cgpo.trainer.loop import train
+from cgpo.trainer.rollout import Rollouts
+from cgpo.trainer.scoring import TaskScores
+from cgpo.trainer.step import TaskBatch, task_update
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -51,7 +51,7 @@ def test_two_ranks_match_one_process_on_the_same_data(world, subprocess_env, opt
                    log=lambda _: None)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(subprocess_env, OMP_NUM_THREADS="1")
-    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "trainer",
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "cgpo.trainer",
                            str(config), *overrides, f"output_dir={world}/dp-{optimizer}-ranks"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]  # a divergence of the replicas would have raised

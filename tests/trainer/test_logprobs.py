@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tests.tiny_models import build_model, build_tokenizer
-from trainer.logprobs import sequence_logprobs
+from cgpo.trainer.logprobs import sequence_logprobs
 
 # Prompts and responses of different lengths, one empty response, so padding and grouping matter.
 PROMPTS = [[1, 5, 9, 13], [1, 7], [1, 4, 8, 15, 16, 23, 42], [1, 3, 3], [1, 2]]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.tiny_models import build_model, build_tokenizer, save_tiny_model
-from trainer.config import load_config
-from trainer.loop import train
+from cgpo.trainer.config import load_config
+from cgpo.trainer.loop import train
 
 LOWERCASE = {"instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}
 
@@ -100,7 +100,7 @@ def test_the_vllm_engine_without_vllm_is_a_clear_error_not_a_fallback(world):
 
 
 def test_eval_reports_ifevals_accuracies_greedy_and_kl_only_for_a_trained_policy(world):
-    from trainer.loop import eval_checkpoint
+    from cgpo.trainer.loop import eval_checkpoint
 
     overrides = ["generation.eval_temperature=0", "generation.eval_max_new_tokens=6"]
     config = write_config(world, "evaluated", steps=2)
@@ -127,7 +127,7 @@ def test_eval_reports_ifevals_accuracies_greedy_and_kl_only_for_a_trained_policy
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_a_run_that_crashed_after_a_checkpoint_resumes_exactly_without_duplicate_rows(world, schedule, monkeypatch):
-    import trainer.loop as loop_module
+    import cgpo.trainer.loop as loop_module
 
     overrides = [f"optim.schedule={schedule}", "optim.warmup_steps=2", "checkpoint_every=3"]
     full = train(load_config(write_config(world, f"whole-{schedule}", steps=6, eval_every=3), overrides),
@@ -163,7 +163,7 @@ def test_the_held_out_kl_estimates_kl_on_samples_at_the_training_temperature(wor
     """One-token responses: KL(π_w ‖ π_ref) over responses is the next-token KL, computed exactly here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.loop import eval_checkpoint
+    from cgpo.trainer.loop import eval_checkpoint
 
     n = 300
     text = "Write about the sea in lowercase."
@@ -199,8 +199,8 @@ def test_the_held_out_kl_estimates_kl_on_samples_at_the_training_temperature(wor
 
 
 def test_the_monitor_warns_and_with_action_stop_ends_the_run_at_a_checkpoint(world, monkeypatch):
-    import trainer.loop as loop_module
-    from trainer.monitor import Alert
+    import cgpo.trainer.loop as loop_module
+    from cgpo.trainer.monitor import Alert
 
     class FiresAtStep2:
         evaluates_start = False
@@ -228,7 +228,7 @@ def test_the_monitor_warns_and_with_action_stop_ends_the_run_at_a_checkpoint(wor
 
 
 def test_evaluations_under_a_yardstick_also_report_the_reward_the_task_optimizes(world, tmp_path):
-    from trainer.loop import eval_checkpoint
+    from cgpo.trainer.loop import eval_checkpoint
 
     tok = build_tokenizer()
     save_tiny_model(tmp_path / "yardstick", tokenizer=tok,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses import codpo_loss, codpo_select, crpg_loss, crraft_loss, crraft_select
+from cgpo.trainer.losses import codpo_loss, codpo_select, crpg_loss, crraft_loss, crraft_select
 
 
 def sigmoid(x: float) -> float:

@@ -15,10 +15,10 @@ import torch
 
 from tests.tiny_models import build_model, build_tokenizer
 from tests.trainer.method import Expected, Seq, expected, sigmoid
-from trainer.config import ServiceRef, TaskConfig
-from trainer.rollout import Rollouts
-from trainer.scoring import TaskScores
-from trainer.step import TaskBatch, task_update
+from cgpo.trainer.config import ServiceRef, TaskConfig
+from cgpo.trainer.rollout import Rollouts
+from cgpo.trainer.scoring import TaskScores
+from cgpo.trainer.step import TaskBatch, task_update
 
 PROMPT = [1, 40, 41, 42, 43]
 

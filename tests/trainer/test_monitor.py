@@ -8,8 +8,8 @@ import statistics
 
 import pytest
 
-from trainer.config import ConfigError, MonitorConfig, ServiceRef, TaskConfig, build_config
-from trainer.monitor import HackingMonitor
+from cgpo.trainer.config import ConfigError, MonitorConfig, ServiceRef, TaskConfig, build_config
+from cgpo.trainer.monitor import HackingMonitor
 
 TASKS = [TaskConfig(name="math", prompts="-", reward_model=ServiceRef(embedded="-"), judges=["math", "refusal"]),
          TaskConfig(name="chat", prompts="-", reward_model=ServiceRef(embedded="-"), judges=[])]

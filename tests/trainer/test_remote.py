@@ -7,8 +7,8 @@ import pytest
 from tests.conftest import free_port
 from tests.procs import answers_200, spawn, stop, wait_until
 from tests.trainer.test_loop import world, write_config  # noqa: F401 - the fixture is used by name
-from trainer.config import load_config
-from trainer.loop import train
+from cgpo.trainer.config import load_config
+from cgpo.trainer.loop import train
 
 
 @pytest.mark.slow

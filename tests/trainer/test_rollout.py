@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from tests.tiny_models import build_model, build_tokenizer
-from trainer.config import GenerationConfig
-from trainer.data import Prompt, render
-from trainer.logprobs import sequence_logprobs
-from trainer.rollout import HFRollout, RolloutEngine, Rollouts
+from cgpo.trainer.config import GenerationConfig
+from cgpo.trainer.data import Prompt, render
+from cgpo.trainer.logprobs import sequence_logprobs
+from cgpo.trainer.rollout import HFRollout, RolloutEngine, Rollouts
 
 MAX_NEW = 12
 K = 8
@@ -162,7 +162,7 @@ def test_a_prompts_samples_do_not_depend_on_what_it_is_batched_with(model, token
 
 
 def test_hashed_gumbel_draws_follow_the_distribution():
-    from trainer.rollout import gumbel_argmax, row_key
+    from cgpo.trainer.rollout import gumbel_argmax, row_key
 
     probs = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03, 0.0])
     n = 40_000

@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from trainer.config import ServiceRef, TaskConfig
-from trainer.data import Prompt
-from trainer.scoring import ScoringError, Services, score_tasks
+from cgpo.trainer.config import ServiceRef, TaskConfig
+from cgpo.trainer.data import Prompt
+from cgpo.trainer.scoring import ScoringError, Services, score_tasks
 from tests.rm.conftest import tiny_rm
 
 
@@ -54,7 +54,7 @@ def test_an_unreachable_service_stops_scoring_with_a_clear_error(rm_dir):
 
 
 def test_a_large_batch_reaches_the_reward_model_in_bounded_requests_in_order(rm_dir):
-    from trainer import scoring
+    from cgpo.trainer import scoring
 
     task = TaskConfig(name="chat", prompts="-", reward_model=ServiceRef(embedded=rm_dir), judges=[])
     prompts = [Prompt(str(i), f"Question {i}?") for i in range(scoring.RM_CHUNK * 2 + 3)]
@@ -83,7 +83,7 @@ def test_a_large_batch_reaches_the_reward_model_in_bounded_requests_in_order(rm_
 
 
 def test_a_chat_prompt_reaches_judges_and_reward_model_with_every_turn(rm_dir):
-    from services.rm.model import RewardModel
+    from cgpo.services.rm.model import RewardModel
 
     task = TaskConfig(name="math", prompts="-", reward_model=ServiceRef(embedded=rm_dir), judges=["math"])
     turns = (("system", "Answer with the final answer."), ("user", "What is 1+1?"), ("assistant", "2."),

@@ -16,7 +16,7 @@ from tests.trainer.test_method import (  # noqa: F401 - the fixture is used by n
     method_of,
     models,
 )
-from trainer.step import TaskBatch, task_update
+from cgpo.trainer.step import TaskBatch, task_update
 
 B, K = 3, 4
 

@@ -65,9 +65,9 @@ def run_vllm(model_dir: str, out_path: str) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.config import GenerationConfig
-    from trainer.rollout import HFRollout
-    from trainer.vllm_rollout import VLLMRollout
+    from cgpo.trainer.config import GenerationConfig
+    from cgpo.trainer.rollout import HFRollout
+    from cgpo.trainer.vllm_rollout import VLLMRollout
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     stop_prompt, _ = stop_prompt_and_token(tokenizer)
@@ -158,7 +158,7 @@ def test_sampling_logprobs_match_sequence_logprobs(model_dir, result):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.logprobs import sequence_logprobs
+    from cgpo.trainer.logprobs import sequence_logprobs
 
     got = result["sampled"]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.tiny_models import build_model, build_tokenizer, save_tiny_model
-from trainer.warmup import WarmupConfig, warmup
+from cgpo.trainer.warmup import WarmupConfig, warmup
 
 
 def test_dpo_warmup_learns_held_out_preferences(tmp_path):

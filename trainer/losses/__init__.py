@@ -4,9 +4,9 @@ Each loss is a pure function of sequence-level tensors that returns a NamedTuple
 first field ``loss`` is the scalar to backpropagate; the other fields are detached stats.
 """
 
-from trainer.losses.codpo import CODPOLoss, CODPOSelection, codpo_loss, codpo_select
-from trainer.losses.crpg import CRPGLoss, crpg_loss
-from trainer.losses.crraft import CRRAFTLoss, CRRAFTSelection, crraft_loss, crraft_select
+from cgpo.trainer.losses.codpo import CODPOLoss, CODPOSelection, codpo_loss, codpo_select
+from cgpo.trainer.losses.crpg import CRPGLoss, crpg_loss
+from cgpo.trainer.losses.crraft import CRRAFTLoss, CRRAFTSelection, crraft_loss, crraft_select
 
 __all__ = [
     "CODPOLoss",

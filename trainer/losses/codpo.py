@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.losses.tensors import check_finite, check_shapes, masked_argmax, safe_mean
+from cgpo.trainer.losses.tensors import check_finite, check_shapes, masked_argmax, safe_mean
 
 
 class CODPOSelection(NamedTuple):

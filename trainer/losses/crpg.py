@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from trainer.losses.tensors import check_finite, check_shapes, safe_mean
+from cgpo.trainer.losses.tensors import check_finite, check_shapes, safe_mean
 
 
 class CRPGLoss(NamedTuple):

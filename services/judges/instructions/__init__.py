@@ -12,7 +12,7 @@ Modules, by concern:
 * ``warm`` -- imported by the workers' fork server: loads the tables above once for all workers.
 """
 
-from services.judges.instructions.catalog import INSTRUCTIONS
-from services.judges.instructions.judge import InstructionsJudge
+from cgpo.services.judges.instructions.catalog import INSTRUCTIONS
+from cgpo.services.judges.instructions.judge import InstructionsJudge
 
 __all__ = ["INSTRUCTIONS", "InstructionsJudge"]

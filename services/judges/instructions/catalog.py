@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.judges.instructions import checks
-from services.judges.instructions.language import load_profiles
+from cgpo.services.judges.instructions import checks
+from cgpo.services.judges.instructions.language import load_profiles
 
 
 class MetadataError(ValueError):

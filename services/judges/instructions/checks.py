@@ -25,9 +25,9 @@ import functools
 import json
 import re
 
-from services.judges.instructions.language import detect_language
-from services.judges.instructions.sentences import count_sentences
-from services.judges.instructions.text import count_capital_words, count_words
+from cgpo.services.judges.instructions.language import detect_language
+from cgpo.services.judges.instructions.sentences import count_sentences
+from cgpo.services.judges.instructions.text import count_capital_words, count_words
 
 LESS_THAN, AT_LEAST = "less than", "at least"
 RELATIONS = (LESS_THAN, AT_LEAST)

@@ -23,13 +23,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from services.common.schemas import Verdict
-from services.judges.base import Judge, Sample, errored, failed, passed
-from services.judges.instructions import catalog
-from services.judges.instructions.checks import Response
-from services.judges.instructions.language import load_profiles
-from services.judges.instructions.sentences import load_model
-from services.judges.pool import PoolError, WorkerPool
+from cgpo.services.common.schemas import Verdict
+from cgpo.services.judges.base import Judge, Sample, errored, failed, passed
+from cgpo.services.judges.instructions import catalog
+from cgpo.services.judges.instructions.checks import Response
+from cgpo.services.judges.instructions.language import load_profiles
+from cgpo.services.judges.instructions.sentences import load_model
+from cgpo.services.judges.pool import PoolError, WorkerPool
 
 
 def loose_variants(response: str) -> list[str]:
@@ -111,7 +111,7 @@ class InstructionsJudge(Judge):
         # Built now, started in setup(): pools built before the first start share the fork server,
         # which imports `warm` (the tables) once for every worker it forks.
         self._pool = WorkerPool(judge_one, workers=workers, timeout_s=timeout_s, initializer=load_tables,
-                                preload=("services.judges.instructions.warm",))
+                                preload=("cgpo.services.judges.instructions.warm",))
         self._started = False
 
     def setup(self) -> None:

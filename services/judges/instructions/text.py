@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import re
 
-from services.judges.instructions.sentences import split_sentences
+from cgpo.services.judges.instructions.sentences import split_sentences
 
 _WORD = re.compile(r"\w+")
 

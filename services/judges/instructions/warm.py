@@ -5,6 +5,6 @@ so every worker it forks, including one respawned after a kill, starts with the 
 (about a second of loading each time otherwise) and shares their memory.
 """
 
-from services.judges.instructions.judge import load_tables
+from cgpo.services.judges.instructions.judge import load_tables
 
 load_tables()

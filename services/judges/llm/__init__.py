@@ -3,9 +3,9 @@
 Importing this package loads no torch, transformers or vllm: backends import them when they load.
 """
 
-from services.judges.llm.backends import Backend, HFBackend, VLLMBackend
-from services.judges.llm.judge import LabelTokenError, LLMJudge, build_llm_judges
-from services.judges.llm.templates import TEMPLATES, JudgeTemplate, MissingMetadataError
+from cgpo.services.judges.llm.backends import Backend, HFBackend, VLLMBackend
+from cgpo.services.judges.llm.judge import LabelTokenError, LLMJudge, build_llm_judges
+from cgpo.services.judges.llm.templates import TEMPLATES, JudgeTemplate, MissingMetadataError
 
 __all__ = [
     "TEMPLATES",

@@ -12,10 +12,10 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from services.common.schemas import Verdict
-from services.judges.base import Judge, Sample, errored, failed, passed
-from services.judges.llm.backends import Backend, HFBackend, VLLMBackend
-from services.judges.llm.templates import (
+from cgpo.services.common.schemas import Verdict
+from cgpo.services.judges.base import Judge, Sample, errored, failed, passed
+from cgpo.services.judges.llm.backends import Backend, HFBackend, VLLMBackend
+from cgpo.services.judges.llm.templates import (
     TEMPLATES,
     JudgeTemplate,
     MissingMetadataError,

@@ -92,7 +92,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from services.judges.sandbox.protocol import (
+from cgpo.services.judges.sandbox.protocol import (
     SANDBOX_PATH,
     STATUSES,
     Isolation,

@@ -1,7 +1,7 @@
 """After a run, from the zygote's side: kill and reap what it left, remove its directory.
 
 Runs inside the zygote only. Like every module the zygote loads, it works both as
-``services.judges.sandbox.cleanup`` and as a plain sibling (see ``zygote.py``).
+``cgpo.services.judges.sandbox.cleanup`` and as a plain sibling (see ``zygote.py``).
 Nothing here may raise for anything a program can leave behind: a tree too deep for
 recursion or for PATH_MAX, directories chmod 000, hundreds of thousands of files.
 """

@@ -2,7 +2,7 @@
 
 Runs inside the zygote only, in a freshly forked process, before any code that
 is not ours. Like every module the zygote loads, it works both as
-``services.judges.sandbox.confine`` and as a plain sibling (see ``zygote.py``).
+``cgpo.services.judges.sandbox.confine`` and as a plain sibling (see ``zygote.py``).
 """
 
 from __future__ import annotations

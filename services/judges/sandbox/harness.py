@@ -2,7 +2,7 @@
 
 Runs inside the zygote only, in a process forked for one run before the program
 process exists. Like every module the zygote loads, it works both as
-``services.judges.sandbox.harness`` and as a plain sibling (see ``zygote.py``).
+``cgpo.services.judges.sandbox.harness`` and as a plain sibling (see ``zygote.py``).
 
 The harness holds the only write end of the report channel; the program process
 never has it. It runs the tests in a fresh namespace built from the program's

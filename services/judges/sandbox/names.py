@@ -4,7 +4,7 @@ A name is only ever resolved here, in the receiving process, to that process's
 own module or object; the sender's object never crosses. The harness accepts from
 the program only the classes in ``PLAIN_TYPES`` by name (``remote.HarnessDecoder``).
 Runs inside the zygote only (both ends of the channel import it), and, as
-``services.judges.sandbox.names``, in unit tests.
+``cgpo.services.judges.sandbox.names``, in unit tests.
 """
 
 from __future__ import annotations

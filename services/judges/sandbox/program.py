@@ -1,7 +1,7 @@
 """The program process (untrusted): run the response's code as ``__main__``, then answer the harness.
 
 Runs inside the zygote only, in a process forked for one run. Like every module
-the zygote loads, it works both as ``services.judges.sandbox.program`` and as a
+the zygote loads, it works both as ``cgpo.services.judges.sandbox.program`` and as a
 plain sibling (see ``zygote.py``).
 
 Once the program starts, everything in this process is the program's to change,

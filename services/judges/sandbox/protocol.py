@@ -2,7 +2,7 @@
 
 Standard library only, and no imports from this package: the zygote loads this
 file as a plain sibling module (see ``zygote.py``), the service as
-``services.judges.sandbox.protocol``. One frame is a 4-byte big-endian length
+``cgpo.services.judges.sandbox.protocol``. One frame is a 4-byte big-endian length
 and that many bytes of JSON. In: a request frame (entry point, ``Limits``, two
 sizes) followed by the program (UTF-8) and the tests (a JSON list) as raw bytes
 (``write_request`` / ``read_secret``); out: a ``RunResult`` dict (with ``restart``

@@ -1,7 +1,7 @@
 """The harness's side of the channel: requests to the program process, decoded answers, proxies.
 
 Runs inside the zygote only (in the harness process), and, as
-``services.judges.sandbox.remote``, in unit tests. Everything the program process
+``cgpo.services.judges.sandbox.remote``, in unit tests. Everything the program process
 sends is untrusted: answers become plain data (``wire``), ``Remote`` proxies whose
 ``==`` and ``hash`` are identity, or exceptions rebuilt as builtin types; a
 program that dies, exits or breaks the protocol makes ``Channel.failure`` sticky

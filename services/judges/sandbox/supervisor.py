@@ -1,7 +1,7 @@
 """One run, from the zygote's side: fork the harness and the program, watch them, judge, clean up.
 
 Runs inside the zygote only. Like every module the zygote loads, it works both
-as ``services.judges.sandbox.supervisor`` and as a plain sibling (see ``zygote.py``).
+as ``cgpo.services.judges.sandbox.supervisor`` and as a plain sibling (see ``zygote.py``).
 
 The harness is forked first and gets the only write end of the report channel;
 the channel's other ends are closed here before the program process is forked, so

@@ -1,7 +1,7 @@
 """Values crossing between the program process and the test harness: tagged JSON, never pickle.
 
 Runs inside the zygote only (both ends of the channel import it), and, as
-``services.judges.sandbox.wire``, in unit tests. A frame is a 4-byte big-endian
+``cgpo.services.judges.sandbox.wire``, in unit tests. A frame is a 4-byte big-endian
 length and that many bytes of ASCII JSON (``ensure_ascii``: lone surrogates
 travel as escapes and come back unchanged). A value is a JSON scalar — null,
 true/false, an int of fewer than 4000 digits, a float (NaN and infinities

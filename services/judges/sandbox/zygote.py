@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-if __package__:  # imported as services.judges.sandbox.zygote
+if __package__:  # imported as cgpo.services.judges.sandbox.zygote
     from . import syscalls
     from .cleanup import kill_uid
     from .confine import scrub_environment
