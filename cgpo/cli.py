@@ -4,17 +4,44 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
+
+# Help of the flags of the preference-pair trainers, `cgpo rm train` and `cgpo warmup`, by field name.
+# Their defaults are not repeated here: each flag's default is its config dataclass's own.
+_PAIR_FLAG_HELP = {
+    "base": "local causal-LM or reward-model checkpoint to start from",
+    "policy": "starting policy (local path); also the frozen reference",
+    "data": "preference JSONL: prompt, chosen, rejected per line",
+    "out": "output directory (the trained model and its report)",
+    "epochs": "passes over the training pairs",
+    "lr": "AdamW learning rate",
+    "beta": "DPO's β (the KL weight)",
+    "batch_size": "pairs per optimizer step",
+    "max_length": "tokens per (prompt, response); serve with the same value",
+    "eval_fraction": "share of pairs held out for evaluation (0 = none)",
+    "warmup_ratio": "share of steps of linear warmup",
+    "weight_decay": "AdamW weight decay on matrices",
+    "max_grad_norm": "global gradient-norm clip",
+    "seed": "seed for the split, shuffling and initialisation",
+    "device": "cpu, cuda, cuda:N or mps (default: cuda when available)",
+}
+
+
+def die(message: str) -> NoReturn:
+    """Every command fails the same way, whatever went wrong: ``error: message`` on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return _dispatch(args, parser)
+    return _dispatch(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,150 +123,207 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--judges", required=True, help="comma-separated judge names")
     one.add_argument("--metadata", default="{}", help="JSON object of metadata for the judges")
     one.add_argument("--url", default=None, help="a judges service to ask instead of judging in-process")
-    one.add_argument("--api-key", default=os.environ.get("CGPO_API_KEY"))
+    one.add_argument("--api-key", default=None, help="bearer token for --url (default: CGPO_API_KEY)")
 
-    from cgpo.services.rm.train import add_arguments as add_train_arguments
+    from cgpo.services.rm.train import TrainConfig
+    from cgpo.trainer.warmup import WarmupConfig
 
-    add_train_arguments(rm_train)
-    from cgpo.trainer.warmup import add_arguments as add_warmup_arguments
-
-    add_warmup_arguments(warm)
+    _add_config_flags(rm_train, TrainConfig)
+    _add_config_flags(warm, WarmupConfig)
     return parser
 
 
-def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    if args.command == "judges" and args.action == "serve":
-        from cgpo.services.judges.app import build_app
+def _add_config_flags(parser: argparse.ArgumentParser, config: type) -> None:
+    """A flag per field of the dataclass ``config``, defaulting to the field's default (required when it
+    has none), so that each default is defined once, where the config is."""
+    for field in dataclasses.fields(config):
+        flag, text = "--" + field.name.replace("_", "-"), _PAIR_FLAG_HELP[field.name]
+        if field.default is dataclasses.MISSING:
+            parser.add_argument(flag, dest=field.name, required=True, help=text)
+        elif field.default is None:
+            parser.add_argument(flag, dest=field.name, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=field.name, type=type(field.default), default=field.default,
+                                help=f"{text} (default: {field.default})")
 
-        return _serve(build_app(), args.host, args.port)
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "judges":
+        return _judges(args)
     if args.command == "rm":
-        return _rm(args, parser)
+        return _rm(args)
     if args.command == "warmup":
         from cgpo.trainer.warmup import run
 
-        return run(args)
+        return _reporting(run, args)
     if args.command in ("train", "eval"):
-        return _train(args, parser)
-    if args.command == "judges" and args.action == "worker":
-        from cgpo.services.judges.worker import run_worker
-
-        run_worker(burst=args.burst)
-        return 0
-    if args.command == "judges" and args.action == "demo":
-        from cgpo.services.judges.demo import run_demo
-
-        return run_demo()
+        return _train(args)
     if args.command == "judge":
-        return _judge_once(args, parser)
+        return _judge_once(args)
     if args.command == "model":
-        return _model(args, parser)
+        return _model(args)
     if args.command == "ifeval":
-        return _ifeval(args, parser)
+        return _ifeval(args)
     if args.command == "demo":
-        return _demo(args, parser)
-    parser.error("unknown command")
-    return 2
+        return _demo(args)
+    die(f"unknown command {args.command!r}")
+
+
+def _reporting(run: Any, args: argparse.Namespace) -> int:
+    """``run(args)``, with a bad file or value that escapes it reported as every other failure is."""
+    try:
+        return run(args)
+    except (ValueError, OSError) as exc:
+        die(str(exc))
+
+
+def _settings(cls: Any, **overrides: Any) -> Any:
+    """``cls.from_env(**overrides)`` (a settings class), invalid variables reported by name."""
+    try:
+        return cls.from_env(**overrides)
+    except ValueError as exc:
+        die(str(exc))
+
+
+def _worker_settings(command: str) -> Any:
+    """The service settings of a worker, which has nothing to do without a queue."""
+    from cgpo.services.common.settings import ServiceSettings
+
+    settings = _settings(ServiceSettings)
+    if not settings.redis_url:
+        die(f"{command} needs CGPO_REDIS_URL (the queue to serve)")
+    return settings
 
 
 def _add_listen(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=os.environ.get("CGPO_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("CGPO_PORT", "8000")))
+    parser.add_argument("--host", default=None, help="address to listen on (default: CGPO_HOST, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default: CGPO_PORT, else 8000)")
 
 
 def _add_burst(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst", action="store_true", help="exit once the queue is empty")
 
 
-def _serve(app: object, host: str, port: int) -> int:
+def _serve(app: object, args: argparse.Namespace) -> int:
+    """Run a gateway where ``--host``/``--port`` say, else where the settings do."""
     from cgpo.services.common.server import serve
+    from cgpo.services.common.settings import ServerSettings
 
-    serve(app, host, port, log_level=os.environ.get("CGPO_LOG_LEVEL", "info"))
+    given = {name: getattr(args, name) for name in ("host", "port") if getattr(args, name) is not None}
+    settings = _settings(ServerSettings, **given)
+    serve(app, settings.host, settings.port, log_level=settings.log_level)
     return 0
 
 
-def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from pathlib import Path
+def _judges(args: argparse.Namespace) -> int:
+    from cgpo.services.common.settings import ServiceSettings
+    from cgpo.services.judges.config import JudgeConfig
 
+    if args.action == "demo":
+        from cgpo.services.judges.demo import run_demo
+
+        return run_demo()
+    if args.action == "worker":
+        from cgpo.services.judges.worker import run_worker
+
+        settings = _worker_settings("cgpo judges worker")
+        run_worker(settings, _settings(JudgeConfig), burst=args.burst)
+        return 0
+    from cgpo.services.judges.app import build_app
+
+    settings, config = _settings(ServiceSettings), _settings(JudgeConfig)
+    try:
+        app = build_app(settings, config)
+    except ValueError as exc:
+        die(str(exc))
+    return _serve(app, args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """``cgpo train`` and ``cgpo eval``: a bad config, prompt file or model path, or a service that stays
+    unavailable, ends the command with its message."""
+    from cgpo.modelfiles import ModelPathError
+    from cgpo.services.common.errors import ServiceError
     from cgpo.trainer.config import ConfigError, load_config
+    from cgpo.trainer.data import PromptFileError
+    from cgpo.trainer.scoring import ScoringError
 
     try:
         config = load_config(args.config, args.overrides)
-    except (ConfigError, OSError) as exc:
-        parser.error(str(exc))
-    if args.command == "train":
-        from cgpo.trainer.loop import train
+        if args.command == "train":
+            from cgpo.trainer.loop import train
 
-        train(config, resume=not args.no_resume)
-        return 0
-    from cgpo.trainer.loop import eval_checkpoint
+            train(config, resume=not args.no_resume)
+            return 0
+        from cgpo.trainer.loop import eval_checkpoint
 
-    try:
         metrics = eval_checkpoint(config, Path(args.checkpoint) if args.checkpoint else None, kl=not args.no_kl)
-    except ConfigError as exc:
-        parser.error(str(exc))
+    except (ConfigError, PromptFileError, ModelPathError, ScoringError, ServiceError, OSError) as exc:
+        die(str(exc))
     print(json.dumps(metrics, indent=2))
     return 0
 
 
-def _demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _demo(args: argparse.Namespace) -> int:
     try:
         seeds = None if args.seeds is None else tuple(int(s) for s in args.seeds.split(",") if s.strip())
     except ValueError:
-        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+        die(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if seeds == () or (args.jobs is not None and args.jobs < 1) or (args.steps is not None and args.steps < 1):
-        parser.error("--seeds needs at least one seed; --jobs and --steps must be >= 1")
+        die("--seeds needs at least one seed; --jobs and --steps must be >= 1")
     from cgpo.demo import run_demo
 
     run_demo(Path(args.out), quick=args.quick, jobs=args.jobs, seeds=seeds, steps=args.steps)
     return 0
 
 
-def _rm(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _rm(args: argparse.Namespace) -> int:
     if args.action == "train":
         from cgpo.services.rm.train import run
 
-        return run(args)
+        return _reporting(run, args)
+    from cgpo.services.common.settings import ServiceSettings
     from cgpo.services.rm.config import RMConfig
 
-    try:
-        config = RMConfig.from_env(**({"models": tuple(args.model)} if args.model else {}))
-    except ValueError as exc:
-        parser.error(str(exc))
+    config = _settings(RMConfig, **({"models": tuple(args.model)} if args.model else {}))
     if args.action == "serve":
         from cgpo.services.rm.app import build_app
 
         try:
-            app = build_app(config=config)
+            app = build_app(_settings(ServiceSettings), config)
         except ValueError as exc:
-            parser.error(str(exc))
-        return _serve(app, args.host, args.port)
+            die(str(exc))
+        return _serve(app, args)
     from cgpo.services.rm.worker import run_worker
 
-    run_worker(config=config, burst=args.burst)
+    settings = _worker_settings("cgpo rm worker")
+    if not config.models:
+        die("cgpo rm worker needs --model NAME=PATH (or CGPO_RM_MODELS)")
+    run_worker(settings, config, burst=args.burst)
     return 0
 
 
-def _model(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from cgpo.services.common.models import ModelPathError, convert_gguf, locate, resolve_model, truncate_layers
+def _model(args: argparse.Namespace) -> int:
+    from cgpo.modelfiles import ModelPathError, convert_gguf, locate, resolve_model, truncate_layers
 
+    if args.layers is not None and not args.out:
+        die("--layers needs --out")
     try:
         if args.layers is not None:
-            if not args.out:
-                parser.error("--layers needs --out")
             print(truncate_layers(args.model, args.layers, Path(args.out)))
         elif args.out:
             gguf = locate(args.model)
             if gguf is None:
-                parser.error(f"{args.model} is not a GGUF file: nothing to convert")
+                die(f"{args.model} is not a GGUF file: nothing to convert")
             print(convert_gguf(gguf, Path(args.out)))
         else:
             print(resolve_model(args.model))
     except ModelPathError as exc:
-        parser.error(str(exc))
+        die(str(exc))
     return 0
 
 
-def _ifeval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _ifeval(args: argparse.Namespace) -> int:
     from cgpo import instructions
 
     try:
@@ -249,51 +333,52 @@ def _ifeval(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             rows = instructions.convert_ifeval(args.input, args.responses)
         else:
             if args.k < 2:
-                parser.error("-k must be >= 2 (pairs need two samples)")
+                die("-k must be >= 2 (pairs need two samples)")
             rows = instructions.sample_preference_pairs(
                 args.policy, args.prompts, k=args.k, temperature=args.temperature,
                 max_new_tokens=args.max_new_tokens, seed=args.seed, precision=args.precision,
                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ValueError, OSError) as exc:
-        parser.error(str(exc))
+        die(str(exc))
     print(f"wrote {instructions.write_jsonl(args.out, rows)} rows to {args.out}", file=sys.stderr)
     return 0
 
 
-def _judge_once(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Exit status: 0 feasible, 1 a judge failed or errored, 2 bad input."""
+def _judge_once(args: argparse.Namespace) -> int:
+    """Exit status: 0 feasible, 1 a judge failed or errored, 2 bad input or a service error."""
     from cgpo.services.common.client import JudgesClient
     from cgpo.services.common.errors import ServiceError
+    from cgpo.services.common.settings import ClientSettings
     from cgpo.services.judges.config import JudgeConfig
+    from cgpo.services.judges.embedded import embedded_judges
 
     try:
         metadata = json.loads(args.metadata)
     except json.JSONDecodeError as exc:
-        parser.error(f"--metadata is not valid JSON: {exc}")
+        die(f"--metadata is not valid JSON: {exc}")
     if not isinstance(metadata, dict):
-        parser.error("--metadata must be a JSON object")
+        die("--metadata must be a JSON object")
     names = tuple(dict.fromkeys(n.strip() for n in args.judges.split(",") if n.strip()))
     item = {"prompt": args.prompt, "response": args.response, "judges": list(names), "metadata": metadata}
     if args.url:
-        client = JudgesClient(args.url, api_key=args.api_key)
+        client = JudgesClient(args.url, api_key=args.api_key or _settings(ClientSettings).api_key)
     else:
-        try:  # build only the judges asked for
-            client = JudgesClient.embedded(JudgeConfig.from_env(enabled=names))
+        config = _settings(JudgeConfig, enabled=names)  # build only the judges asked for
+        try:
+            client = embedded_judges(config)
         except ValueError as exc:
-            parser.error(str(exc))
+            die(str(exc))
 
-    async def run() -> int:
+    async def judge() -> Any:
         async with client:
-            try:
-                [result] = await client.judge([item])
-            except ServiceError as exc:
-                print(json.dumps({"error": {"code": exc.code, "message": exc.message, "detail": exc.detail}}),
-                      file=sys.stderr)
-                return 2
-        print(json.dumps(result.model_dump(mode="json"), indent=2))
-        return 0 if result.feasible else 1
+            return await client.judge([item])
 
-    return asyncio.run(run())
+    try:
+        [result] = asyncio.run(judge())
+    except ServiceError as exc:
+        die(f"{exc.code}: {exc.message}" + ("" if exc.detail is None else f" ({json.dumps(exc.detail)})"))
+    print(json.dumps(result.model_dump(mode="json"), indent=2))
+    return 0 if result.feasible else 1
 
 
 if __name__ == "__main__":

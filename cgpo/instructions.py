@@ -380,13 +380,13 @@ def sample_preference_pairs(policy: str, prompts_path: str | Path, k: int = 4, t
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cgpo.services.common.client import JudgesClient
-    from cgpo.services.common.models import resolve_model
+    from cgpo.modelfiles import resolve_model
+    from cgpo.precision import autocast
     from cgpo.services.judges.config import JudgeConfig
+    from cgpo.services.judges.embedded import embedded_judges
     from cgpo.trainer.config import GenerationConfig
     from cgpo.trainer.data import load_prompts, render
     from cgpo.trainer.ifeval import followed_flags
-    from cgpo.trainer.loop import autocast
     from cgpo.trainer.rollout import HFRollout
 
     path = resolve_model(policy)
@@ -403,7 +403,7 @@ def sample_preference_pairs(policy: str, prompts_path: str | Path, k: int = 4, t
         log(f"sampled {len(samples)}/{len(prompts)} prompts")
 
     async def judge() -> list[list[float]]:
-        client = JudgesClient.embedded(JudgeConfig.from_env(enabled=("instructions",)))
+        client = embedded_judges(JudgeConfig.from_env(enabled=("instructions",)))
         async with client:
             items = [{"prompt": p.text, "response": t, "judges": ["instructions"], "metadata": p.metadata}
                      for p, texts in zip(prompts, samples) for t in texts]

@@ -75,3 +75,14 @@ def subprocess_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CGPO_")}
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """The trainer's tiny world (tests/worlds.py), built once per test module."""
+    import torch
+
+    from tests.worlds import make_world
+
+    torch.set_num_threads(1)
+    return make_world(tmp_path_factory.mktemp("world"))

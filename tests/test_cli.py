@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+
+import pytest
+
+from cgpo.cli import build_parser, die, main
 
 
 def cgpo(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -34,7 +39,7 @@ def test_judge_once_rejects_bad_input_with_status_2(subprocess_env):
 
 def test_worker_without_redis_says_what_it_needs(subprocess_env):
     result = cgpo("judges", "worker", env=subprocess_env)
-    assert result.returncode != 0 and "CGPO_REDIS_URL" in result.stderr
+    assert result.returncode == 2 and "error: " in result.stderr and "CGPO_REDIS_URL" in result.stderr
 
 
 def test_the_judges_gateway_never_imports_torch(subprocess_env):
@@ -60,3 +65,63 @@ def test_ifeval_prompts_and_model_convert_from_the_command_line(subprocess_env, 
     assert plain.returncode == 0 and plain.stdout.strip() == str(tmp_path)  # a directory is already loadable
     needs_out = cgpo("model", "convert", str(tmp_path), "--layers", "2", env=subprocess_env)
     assert needs_out.returncode == 2 and "--layers needs --out" in needs_out.stderr
+
+
+def fails(capsys, *argv: str) -> str:
+    """Run ``cgpo ARGV`` in this process; it must fail the one way commands fail. Returns the message."""
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: "), err
+    return err[len("error: "):]
+
+
+def test_die_prints_one_error_line_and_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        die("it broke")
+    assert info.value.code == 2 and capsys.readouterr().err == "error: it broke\n"
+
+
+def test_every_failure_path_ends_in_die(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("CGPO_REDIS_URL", raising=False)
+    assert "CGPO_REDIS_URL" in fails(capsys, "judges", "worker")
+    assert "CGPO_REDIS_URL" in fails(capsys, "rm", "worker", "--model", "a=b")
+    assert "unknown judges" in fails(capsys, "judge", "--judges", "nope", "p", "r")
+    not_an_object = fails(capsys, "judge", "--judges", "math", "--metadata", "[]", "p", "r")
+    assert "--metadata must be a JSON object" in not_an_object
+    assert "No such file" in fails(capsys, "train", str(tmp_path / "none.yaml"))
+    config = tmp_path / "run.yaml"
+    config.write_text("policy: p\ntasks: [{name: math, prompts: m.jsonl, reward_model: {embedded: rm}}]\n")
+    assert fails(capsys, "eval", str(config), "tasks.math.k=0").startswith("tasks.math.k: ")
+    assert "unknown field" in fails(capsys, "train", str(config), "optim.lrr=1")
+    assert "--seeds" in fails(capsys, "demo", "--seeds", "a,b")
+    assert "No such file" in fails(capsys, "warmup", "--policy", "p", "--data", str(tmp_path / "none"),
+                                   "--out", str(tmp_path / "out"))
+    assert "lr" in fails(capsys, "warmup", "--policy", "p", "--data", str(tmp_path / "none"),
+                         "--out", str(tmp_path / "out"), "--lr", "-1")
+    assert "not a model directory" in fails(capsys, "rm", "train", "--base", str(tmp_path), "--data",
+                                            str(tmp_path / "none"), "--out", str(tmp_path / "out"))
+
+
+def test_bad_settings_fail_only_the_commands_that_read_them(capsys, monkeypatch):
+    monkeypatch.setenv("CGPO_PORT", "http")
+    assert build_parser().parse_args(["judges", "serve"]).port is None  # the flag only overrides the setting
+    assert fails(capsys, "judges", "serve").startswith("CGPO_PORT: ")
+    monkeypatch.setenv("CGPO_PORT", "8000")
+    monkeypatch.setenv("CGPO_MAX_ITEMS", "many")
+    assert fails(capsys, "rm", "serve", "--model", "a=b").startswith("CGPO_MAX_ITEMS: ")
+
+
+def test_the_pair_trainers_take_their_flag_defaults_from_their_configs():
+    from cgpo.services.rm.train import TrainConfig
+    from cgpo.trainer.warmup import WarmupConfig
+
+    parser = build_parser()
+    for argv, config in ((["rm", "train", "--base", "b"], TrainConfig), (["warmup", "--policy", "b"], WarmupConfig)):
+        args = vars(parser.parse_args([*argv, "--data", "d", "--out", "o"]))
+        for field in dataclasses.fields(config):
+            if field.default is not dataclasses.MISSING:
+                assert args[field.name] == field.default, (config.__name__, field.name)
+    args = parser.parse_args(["warmup", "--policy", "p", "--data", "d", "--out", "o", "--batch-size", "2",
+                              "--eval-fraction", "0.5", "--lr", "1e-4"])
+    assert (args.batch_size, args.eval_fraction, args.lr) == (2, 0.5, 1e-4)

@@ -8,7 +8,6 @@ installed, its ``config`` must accept both file combinations as well.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 import subprocess
@@ -18,17 +17,13 @@ import pytest
 import yaml
 
 from cgpo.cli import build_parser
-from cgpo.services.common.settings import ServiceSettings
-from cgpo.services.judges.config import JudgeConfig
-from cgpo.services.rm.config import RMConfig
+from cgpo.services.common.settings import variables
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = re.compile(r"^\$\{(CGPO_[A-Z0-9_]+):-(.*)\}$")
 GATEWAYS = {"judges": "judges", "llm-judges": "judges", "rm": "rm"}
 WORKERS = {"judges-worker": "judges", "llm-judges-worker": "judges", "rm-worker": "rm"}
 GPU_SERVICES = {"llm-judges-worker", "rm-worker", "trainer"}
-# variables read by something other than the three settings classes
-OTHER_VARS = {"CGPO_LOG_LEVEL", "CGPO_API_KEY", "CGPO_HOST", "CGPO_PORT"}
 
 
 def load(name: str) -> dict:
@@ -41,10 +36,7 @@ def resolve(value: object) -> str:
 
 
 def known_variables() -> set[str]:
-    names = {f"CGPO_{f.name.upper()}" for f in dataclasses.fields(ServiceSettings)}
-    names |= {f"CGPO_JUDGES_{f.name.upper()}" for f in dataclasses.fields(JudgeConfig)}
-    names |= {f"CGPO_RM_{f.name.upper()}" for f in dataclasses.fields(RMConfig)}
-    return names | OTHER_VARS
+    return set(variables())
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +78,8 @@ def test_workers_share_their_gateways_queue_and_gpu_services_reserve_a_gpu(compo
         assert services[worker]["environment"].get("CGPO_QUEUE") == services[gateway]["environment"].get("CGPO_QUEUE")
         enabled = "CGPO_JUDGES_ENABLED"
         if service == "judges":  # a gateway validates against the judges its workers serve
-            assert resolve(services[worker]["environment"][enabled]) == resolve(services[gateway]["environment"][enabled])
+            assert (resolve(services[worker]["environment"][enabled])
+                    == resolve(services[gateway]["environment"][enabled]))
         assert services[worker]["healthcheck"] == {"disable": True}
     assert resolve(services["judges-worker"]["scale"]) == "2"
     for name in GPU_SERVICES:

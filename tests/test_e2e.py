@@ -27,7 +27,7 @@ from cgpo.services.common.schemas import JobResult
 from tests.conftest import free_port
 from tests.procs import answers_200, wait_until
 from tests.test_compose import resolve
-from tests.trainer.test_loop import world, write_config  # noqa: F401 - the fixture is used by name
+from tests.worlds import write_config
 from cgpo.trainer.config import load_config
 from cgpo.trainer.loop import train
 
@@ -98,7 +98,7 @@ def steps_done(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_training_through_the_stack_survives_a_dead_worker_and_a_redis_restart(world, subprocess_env,  # noqa: F811
+def test_training_through_the_stack_survives_a_dead_worker_and_a_redis_restart(world, subprocess_env,
                                                                                tmp_path):
     server = Redis(tmp_path)
     server.start()
@@ -115,7 +115,7 @@ def test_training_through_the_stack_survives_a_dead_worker_and_a_redis_restart(w
     run = None
     try:
         for port in (judges_port, rm_port):
-            wait_until(lambda: answers_200(f"http://127.0.0.1:{port}/readyz"), 90, f"gateway on {port}")
+            wait_until(lambda port=port: answers_200(f"http://127.0.0.1:{port}/readyz"), 90, f"gateway on {port}")
         embedded = train(load_config(write_config(world, "e2e-embedded", steps=STEPS)), resume=False,
                          log=lambda _: None)
 

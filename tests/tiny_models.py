@@ -191,3 +191,17 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
             input_ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
             attention_mask[row, width - len(seq):] = 1
     return input_ids, attention_mask
+
+
+def tiny_pair():
+    """A tiny policy and its π_ref, the same in every process that builds them."""
+    import torch
+
+    tokenizer = build_tokenizer()
+    reference = build_model(tokenizer, hidden_size=32, num_heads=2, seed=1)
+    policy = build_model(tokenizer, hidden_size=32, num_heads=2, seed=1)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # the policy has moved away from π_ref: ρ differs from sequence to sequence
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return policy, reference

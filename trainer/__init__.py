@@ -1,1 +1,1 @@
-"""The CGPO trainer: rollouts, judges and reward models, constrained updates (SPEC §4-5)."""
+"""The CGPO trainer: rollouts, judges and reward models, constrained updates (docs/method.md §4-5)."""

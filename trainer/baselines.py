@@ -1,4 +1,4 @@
-"""Each prompt's baseline response ā (SPEC §3): the dataset's, or one π_ref sample drawn once and cached.
+"""Each prompt's baseline response ā (docs/method.md §3): the dataset's, or one π_ref sample drawn once and cached.
 
 Baselines are prepared before training and stored in ``{output_dir}/baselines/{task}.json``, keyed by
 prompt id — a hash of the prompt, its metadata and its dataset baseline (trainer/data.py) — with, per
@@ -22,21 +22,44 @@ A sampled ā is kept as the ids π_ref drew: it ends with EOS only if π_ref dre
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cgpo.trainer.config import RunConfig, TaskConfig
 from cgpo.trainer.data import Prompt, render
-from cgpo.trainer.rollout import HFRollout
+from cgpo.trainer.rollout import RolloutEngine
 from cgpo.trainer.scoring import Services, judge_item
 
 JUDGE_ATTEMPTS = 3
 """Judge requests per baseline while a judge answers ``error`` (the first one included)."""
 RETRY_DELAY_S = 0.5
 """Wait before the first retry of the baselines that got an ``error``; doubled for each next one."""
+
+
+@dataclass
+class Baseline:
+    """One prompt's baseline response ā, as stored in the task's cache file."""
+
+    text: str
+    ids: list[int]
+    """Token ids: as π_ref drew them (EOS only if it drew one), or a dataset text's ids then EOS."""
+    finished: bool
+    """ā ended with EOS (False: cut at ``max_new_tokens``)."""
+    verdicts: dict[str, str] | None
+    """judge -> pass / fail / error; None until judged."""
+
+    @property
+    def errored(self) -> bool:
+        return any(v == "error" for v in (self.verdicts or {}).values())
+
+
+Baselines = dict[str, Baseline]
+"""prompt id -> its baseline, for one task."""
 
 
 def files_identity(location: str) -> str:
@@ -63,56 +86,52 @@ def fingerprints(config: RunConfig, task: TaskConfig) -> dict[str, dict[str, Any
             "judging": {"judges": list(task.judges), "judge_service": task.judge_service.url}}
 
 
-def baseline_feasible(task: TaskConfig, entry: dict[str, Any]) -> bool:
+def baseline_feasible(task: TaskConfig, entry: Baseline) -> bool:
     """ā may stand in for CRRAFT: every judge answered ``pass`` and, unless ``on_truncation: keep``,
     it ended with EOS."""
-    return all(v == "pass" for v in entry["verdicts"].values()) and (
-        entry["finished"] or task.on_truncation == "keep")
+    return all(v == "pass" for v in (entry.verdicts or {}).values()) and (
+        entry.finished or task.on_truncation == "keep")
 
 
-def rates(task: TaskConfig, entries: list[dict[str, Any]]) -> dict[str, float]:
+def rates(task: TaskConfig, entries: list[Baseline]) -> dict[str, float]:
     """The baselines' shares that are feasible (``baseline_feasible``), that a judge could not decide,
     and that were cut at ``max_new_tokens``."""
     n = max(len(entries), 1)
     return {"feasible_rate": sum(baseline_feasible(task, e) for e in entries) / n,
-            "error_rate": sum(any(v == "error" for v in e["verdicts"].values()) for e in entries) / n,
-            "truncated_rate": sum(not e["finished"] for e in entries) / n}
+            "error_rate": sum(e.errored for e in entries) / n,
+            "truncated_rate": sum(not e.finished for e in entries) / n}
 
 
-def prepare_baselines(task: TaskConfig, prompts: list[Prompt], tokenizer: Any, engine: HFRollout,
-                      services: Services, run: Callable[[Any], Any], config: RunConfig,
-                      log: Any = print) -> dict[str, dict[str, Any]]:
-    """prompt id -> {"text", "ids", "finished", "verdicts"} for every prompt; samples and judges only what
-    the cache lacks (or holds stale), and logs whether the cache was reused, extended or rebuilt."""
+@dataclass(frozen=True)
+class Sources:
+    """Where baselines come from: π_ref's engine and tokenizer, the task's judges, and how to run a
+    coroutine on the services' loop."""
+
+    tokenizer: Any
+    engine: RolloutEngine
+    services: Services
+    run: Callable[[Any], Any]
+
+
+def prepare_baselines(task: TaskConfig, prompts: list[Prompt], sources: Sources, config: RunConfig,
+                      log: Any = print) -> Baselines:
+    """Every prompt's baseline; samples and judges only what the cache lacks (or holds stale), and logs
+    whether the cache was reused, extended or rebuilt."""
     path = cache_path(config, task)
     wanted = fingerprints(config, task)
     cache, state = _usable_part(json.loads(path.read_text()) if path.exists() else None, wanted)
     unique = list({p.id: p for p in prompts}.values())
     missing = [p for p in unique if p.id not in cache]
-    for p in missing:
-        if p.baseline is not None:  # a finished response: its text, then EOS
-            eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-            cache[p.id] = {"text": p.baseline, "finished": True, "verdicts": None,
-                           "ids": list(tokenizer(p.baseline, add_special_tokens=False)["input_ids"]) + eos}
-    to_sample = [p for p in missing if p.baseline is None]
-    if to_sample:  # one sample from π_ref, before training, kept fixed, exactly as drawn
-        rollouts = engine.generate([render(tokenizer, p) for p in to_sample], k=1, seed=config.seed)
-        for p, text, ids, finished in zip(to_sample, rollouts.text, rollouts.response_ids, rollouts.finished,
-                                          strict=True):
-            cache[p.id] = {"text": text, "ids": list(ids), "finished": finished, "verdicts": None}
-    unjudged = [p for p in unique if cache[p.id]["verdicts"] is None
-                or any(v == "error" for v in cache[p.id]["verdicts"].values())]
+    cache.update(_draw(missing, sources, config.seed))
+    unjudged = [p for p in unique if cache[p.id].verdicts is None or cache[p.id].errored]
     if unjudged:
-        verdicts = run(judge_baselines(task, [(p, cache[p.id]["text"]) for p in unjudged], services))
+        verdicts = sources.run(judge_baselines(task, [(p, cache[p.id].text) for p in unjudged], sources.services))
         for p, v in zip(unjudged, verdicts, strict=True):
-            cache[p.id]["verdicts"] = v
+            cache[p.id].verdicts = v
     if state == "reused" and (missing or unjudged):
         state = f"reused and extended ({len(missing)} new, {len(unjudged)} judged)"
     if state != "reused":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": wanted, "prompts": cache}))
-        tmp.replace(path)
+        _store(path, wanted, cache)
     summary = rates(task, [cache[p.id] for p in unique])
     log(f"baselines {task.name}: {len(unique)} prompts, cache {path} {state}; feasible "
         f"{summary['feasible_rate']:.0%}, judge errors {summary['error_rate']:.0%}, cut at max_new_tokens "
@@ -120,33 +139,60 @@ def prepare_baselines(task: TaskConfig, prompts: list[Prompt], tokenizer: Any, e
     return cache
 
 
-def load_baselines(task: TaskConfig, prompts: list[Prompt], config: RunConfig) -> dict[str, dict[str, Any]]:
+def _draw(prompts: list[Prompt], sources: Sources, seed: int) -> Baselines:
+    """New baselines: a prompt's dataset response when it has one (a finished response: its text, then
+    EOS), else one sample from π_ref, drawn before training and kept exactly as drawn."""
+    tokenizer, out = sources.tokenizer, {}
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for p in prompts:
+        if p.baseline is not None:
+            ids = list(tokenizer(p.baseline, add_special_tokens=False)["input_ids"]) + eos
+            out[p.id] = Baseline(p.baseline, ids, True, None)
+    to_sample = [p for p in prompts if p.baseline is None]
+    if to_sample:
+        rollouts = sources.engine.generate([render(tokenizer, p) for p in to_sample], k=1, seed=seed)
+        for p, text, ids, finished in zip(to_sample, rollouts.text, rollouts.response_ids, rollouts.finished,
+                                          strict=True):
+            out[p.id] = Baseline(text, list(ids), finished, None)
+    return out
+
+
+def _store(path: Path, fingerprint: dict[str, Any], cache: Baselines) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint,
+                               "prompts": {pid: dataclasses.asdict(b) for pid, b in cache.items()}}))
+    tmp.replace(path)
+
+
+def load_baselines(task: TaskConfig, prompts: list[Prompt], config: RunConfig) -> Baselines:
     """The baselines another process (data-parallel rank 0) has just prepared, exactly as it stored them
     (its fingerprint is not recomputed here: on another node the model files may have other times)."""
     path = cache_path(config, task)
     stored = json.loads(path.read_text())
     if any(p.id not in stored.get("prompts", {}) for p in prompts):
         raise RuntimeError(f"{path} does not hold this run's baselines (rank 0 prepares them first)")
-    return stored["prompts"]
+    return {pid: Baseline(**entry) for pid, entry in stored["prompts"].items()}
 
 
 def cache_path(config: RunConfig, task: TaskConfig) -> Path:
     return config.out / "baselines" / f"{task.name}.json"
 
 
-def _usable_part(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str]:
+def _usable_part(stored: dict[str, Any] | None, wanted: dict[str, Any]) -> tuple[Baselines, str]:
     """The cached entries still valid under ``wanted``, and what happened to the cache (for the log)."""
     if stored is None:
         return {}, "built"
     if not isinstance(stored, dict) or "fingerprint" not in stored:
         return {}, "rebuilt (written by an older version, without a fingerprint)"
     if stored["fingerprint"]["sampling"] != wanted["sampling"]:
-        changed = sorted(k for k in wanted["sampling"] if stored["fingerprint"]["sampling"].get(k) != wanted["sampling"][k])
+        changed = sorted(k for k in wanted["sampling"]
+                         if stored["fingerprint"]["sampling"].get(k) != wanted["sampling"][k])
         return {}, f"rebuilt ({', '.join(changed)} changed)"
-    cache = stored["prompts"]
+    cache = {pid: Baseline(**entry) for pid, entry in stored["prompts"].items()}
     if stored["fingerprint"]["judging"] != wanted["judging"]:
         for entry in cache.values():
-            entry["verdicts"] = None
+            entry.verdicts = None
         return cache, "reused, judged again (the judges changed)"
     return cache, "reused"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,25 +13,35 @@ import torch
 STATE_FILE = "trainer_state.pt"
 
 
-def save_checkpoint(directory: Path, *, step: int, policy: Any, tokenizer: Any, optimizer: Any, scheduler: Any,
-                    samplers: dict[str, Any]) -> None:
-    """Write atomically: into ``directory.tmp``, then rename over ``directory``."""
+@dataclass(frozen=True)
+class TrainState:
+    """What a checkpoint saves and restores (besides the step and the RNG states)."""
+
+    policy: Any
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    samplers: dict[str, Any]
+
+
+def save_checkpoint(directory: Path, step: int, state: TrainState) -> None:
+    """Write ``state`` atomically: into ``directory.tmp``, then rename over ``directory``."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "samplers": {name: s.state_dict() for name, s in samplers.items()},
+    state.policy.save_pretrained(tmp)
+    state.tokenizer.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+                "samplers": {name: s.state_dict() for name, s in state.samplers.items()},
                 "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}, tmp / STATE_FILE)
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
 
 
-def load_checkpoint(directory: Path, *, policy: Any, optimizer: Any, scheduler: Any,
-                    samplers: dict[str, Any]) -> int:
-    """Restore everything saved by `save_checkpoint`; returns the step to continue from."""
+def load_checkpoint(directory: Path, state: TrainState) -> int:
+    """Restore everything saved by `save_checkpoint` into ``state``; returns the step to continue from."""
     from safetensors.torch import load_file
 
+    policy = state.policy
     weights = {}
     for shard in sorted(directory.glob("*.safetensors")):
         weights.update(load_file(shard))
@@ -38,14 +49,14 @@ def load_checkpoint(directory: Path, *, policy: Any, optimizer: Any, scheduler: 
     if unexpected or [m for m in missing if not _tied(policy, m)]:
         raise ValueError(f"checkpoint {directory} does not match the policy (missing {missing}, "
                          f"unexpected {unexpected})")
-    state = torch.load(directory / STATE_FILE, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    for name, sampler in samplers.items():
-        sampler.load_state_dict(state["samplers"][name])
-    random.setstate(state["rng"]["python"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return int(state["step"])
+    saved = torch.load(directory / STATE_FILE, weights_only=False)
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    for name, sampler in state.samplers.items():
+        sampler.load_state_dict(saved["samplers"][name])
+    random.setstate(saved["rng"]["python"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    return int(saved["step"])
 
 
 def _tied(model: Any, name: str) -> bool:

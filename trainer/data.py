@@ -7,7 +7,7 @@ A task's prompts are a JSONL file, one object per line::
 
 ``prompt`` is a string or a list of chat messages; ``metadata`` (an object, optional) goes to the judges
 (its key ``messages`` is reserved: a chat prompt's conversation is sent to the judges there);
-``baseline`` (a string, optional) is the reference response ā of the calibrated reward (SPEC §3). Blank
+``baseline`` (a string, optional) is the reference response ā of the calibrated reward (docs/method.md §3). Blank
 lines are skipped; any other malformed line stops loading with ``file:line`` in the message, before
 training starts.
 
@@ -43,7 +43,7 @@ class Prompt:
     metadata: dict[str, Any] = field(default_factory=dict, hash=False)
     """Passed to the judges as is."""
     baseline: str | None = None
-    """Reference response ā for the calibrated reward; None: one π_ref sample stands in (SPEC §3)."""
+    """Reference response ā for the calibrated reward; None: one π_ref sample stands in (docs/method.md §3)."""
     line: int = field(default=0, compare=False)
     """1-based line in the source file (for messages)."""
 

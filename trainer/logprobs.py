@@ -1,7 +1,7 @@
-"""Sequence log-probabilities log π(a | s) = Σ_t log π(a_t | s, a_<t) (SPEC §1).
+"""Sequence log-probabilities log π(a | s) = Σ_t log π(a_t | s, a_<t) (docs/method.md §1).
 
 The trainer's log π_w (with grad) and log π_ref (without) both come from here, at the sampling
-temperature, so ρ = log π_w − log π_ref compares the same distributions (SPEC §4 [ours]).
+temperature, so ρ = log π_w − log π_ref compares the same distributions (docs/method.md §4 [ours]).
 """
 
 from __future__ import annotations

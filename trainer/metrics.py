@@ -56,3 +56,27 @@ def progress_bar(start: int, total: int) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+
+class MetricsSink:
+    """Where a run's records go: ``metrics.jsonl``, TensorBoard and a progress bar on rank 0, nothing on the
+    other ranks. Opening it trims the rows a crashed run wrote past ``start`` (all of them when starting
+    over) and keeps the earlier ones in ``earlier``, which every rank reads."""
+
+    def __init__(self, out: Path, start: int, main: bool, total_steps: int) -> None:
+        path, kept = out / "metrics.jsonl", start if start else -1
+        self.earlier = keep_metrics_until(path, kept) if main else read_metrics(path, kept)
+        self._board = open_tensorboard(out, purge_step=start + 1 if start else 0) if main else None
+        self._bar = progress_bar(start, total_steps) if main else None
+        self._file = path.open("a") if main else None
+
+    def write(self, record: dict[str, float], advance: bool = True) -> None:
+        """One record; ``advance`` moves the progress bar a step (not for the step-0 evaluation)."""
+        write_record(record, self._file, self._board)
+        if advance and self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        for closable in (self._file, self._board, self._bar):
+            if closable is not None:
+                closable.close()

@@ -1,6 +1,6 @@
 """The reward-hacking monitor: a task's reward-model score rising while a judge's pass rate falls.
 
-That is the signature of reward hacking the paper reports (SPEC §5): RLHF on a reward model alone
+That is the signature of reward hacking the paper reports (docs/method.md §5): RLHF on a reward model alone
 raises the RM's score while the responses get worse by the judges' measure (PPO's HumanEval 0.59 →
 0.006; CRPG without judges collapses after ~180 steps). The monitor watches it per task and judge:
 

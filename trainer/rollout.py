@@ -1,4 +1,4 @@
-"""Rollout engines: K sampled responses per prompt from the current policy (SPEC §1, §4).
+"""Rollout engines: K sampled responses per prompt from the current policy (docs/method.md §1, §4).
 
 ``HFRollout`` samples with a transformers causal LM in this process, in its own loop over a KV cache
 rather than ``model.generate``: it draws from a ``torch.Generator`` (reproducible without touching the
@@ -36,8 +36,9 @@ class Rollouts:
     """The response decoded without special tokens."""
     sampling_logprobs: list[float]
     """Σ_t log q(a_t | prefix), q = softmax(logits / T) restricted to the top-p nucleus and renormalised:
-    the distribution actually sampled from (0 for greedy decoding, temperature 0). Equals ``sequence_logprobs`` at the same temperature when
-    top_p = 1; larger (q renormalises over the nucleus) when top_p < 1. ρ uses ``sequence_logprobs``."""
+    the distribution actually sampled from (0 for greedy decoding, temperature 0). Equals ``sequence_logprobs`` at the
+    same temperature when top_p = 1; larger (q renormalises over the nucleus) when top_p < 1. ρ uses
+    ``sequence_logprobs``."""
     finished: list[bool]
     """The response ended with EOS (False: cut at ``max_new_tokens``)."""
 
@@ -47,7 +48,11 @@ class Rollouts:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    """What the trainer needs from a generation engine (HF here; vLLM later, same ``Rollouts``)."""
+    """What the trainer needs from a generation engine: ``HFRollout`` here, ``VLLMRollout`` in
+    trainer/vllm_rollout.py; both return the same ``Rollouts``."""
+
+    config: GenerationConfig
+    """The sampling settings ``generate`` uses."""
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], k: int, seed: int, prompt_offset: int = 0) -> Rollouts:
         """K samples for each prompt (token ids, already rendered), reproducible given ``seed``.
@@ -55,6 +60,18 @@ class RolloutEngine(Protocol):
         ``prompt_offset`` is the index of ``prompt_ids[0]`` in the step's whole batch: a prompt's samples
         depend on ``seed`` and its index in that batch, so ranks that each generate a shard draw what one
         process generating the whole batch would."""
+        ...
+
+    def with_generation(self, generation: GenerationConfig) -> RolloutEngine:
+        """The same engine and weights sampling with other settings (e.g. the evaluation's)."""
+        ...
+
+    def sync_weights(self, policy: Any) -> None:
+        """Make the next ``generate`` sample from ``policy``'s current weights (after an optimizer step)."""
+        ...
+
+    def close(self) -> None:
+        """Free what the engine holds; called once, at the end of the run."""
         ...
 
 
@@ -102,6 +119,19 @@ class HFRollout:
             sampling_logprobs=logprobs,
             finished=[bool(r) and r[-1] in self.eos_ids for r in responses],
         )
+
+    def with_generation(self, generation: GenerationConfig) -> HFRollout:
+        if generation == self.config:
+            return self
+        return HFRollout(self.model, self.tokenizer, generation, self.max_batch_rows)
+
+    def sync_weights(self, policy: Any) -> None:
+        """Nothing to do: the engine samples from the policy module itself."""
+        if policy is not self.model:
+            raise ValueError("HFRollout samples from the policy it was built on; build one for another model")
+
+    def close(self) -> None:
+        """Nothing to free: the model belongs to the caller."""
 
     def _sample(self, rows: list[list[int]], keys: list[int]) -> tuple[list[list[int]], list[float]]:
         """One batch of rows: left-padded prefill, then one token per step until EOS or the limit."""
@@ -173,6 +203,11 @@ def _signed(x: int) -> int:
     """``x`` modulo 2^64 as a signed 64-bit integer."""
     x &= (1 << 64) - 1
     return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def rollout_seed(seed: int, step: int, task_index: int) -> int:
+    """Sampling seed of one task at one step: resumed runs draw exactly the same rollouts."""
+    return (seed * 1_000_003 + step * 1_009 + task_index) % (2**63)
 
 
 def row_key(seed: int, prompt: int, sample: int) -> int:

@@ -1,4 +1,4 @@
-"""Score a step's rollouts: every task's judge and reward-model requests in flight at once (SPEC §2–3, §5).
+"""Score a step's rollouts: every task's judge and reward-model requests in flight at once (docs/method.md §2–3, §5).
 
 `Services` owns the clients of a run: the judges and reward models each task
 names, embedded in this process (one shared app per kind; tasks that name the
@@ -16,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cgpo import embedded
 from cgpo.services.common.client import JudgesClient, RewardClient
 from cgpo.services.common.errors import ServiceError
+from cgpo.services.common.settings import ClientSettings
 from cgpo.trainer.config import ServiceRef, TaskConfig
 from cgpo.trainer.data import Prompt
 
@@ -112,7 +113,7 @@ def rm_name(path: str) -> str:
 
 
 def _api_key(ref: ServiceRef) -> str | None:
-    return ref.api_key or os.environ.get("CGPO_API_KEY") or None
+    return ref.api_key or ClientSettings.from_env().api_key or None
 
 
 class Services:
@@ -123,9 +124,7 @@ class Services:
         self._rms: dict[str | None, RewardClient] = {}
         embedded_judges = sorted({j for t in tasks if t.judge_service.url is None for j in t.judges})
         if embedded_judges:
-            from cgpo.services.judges.config import JudgeConfig
-
-            self._judges[None] = JudgesClient.embedded(JudgeConfig(enabled=tuple(embedded_judges)))
+            self._judges[None] = embedded.judges(embedded_judges)
         for t in tasks:
             url = t.judge_service.url
             if url is not None and url not in self._judges:
@@ -134,7 +133,7 @@ class Services:
         refs = [t.reward_model for t in tasks] + list(extra_reward_models)
         embedded_rms = {rm_name(r.embedded): r.embedded for r in refs if r.embedded is not None}
         if embedded_rms:
-            self._rms[None] = RewardClient.embedded(embedded_rms)
+            self._rms[None] = embedded.reward_models(embedded_rms)
         for ref in refs:
             if ref.url is not None and ref.url not in self._rms:
                 self._rms[ref.url] = RewardClient(ref.url, api_key=_api_key(ref), max_retries=ref.retries)
@@ -161,16 +160,30 @@ class Services:
         return self._rms[ref.url], ref.model or ""
 
 
-async def score_task(services: Services, task: TaskConfig, prompts: Sequence[Prompt], texts: Sequence[str],
-                     prompt_index: Sequence[int], baselines: Sequence[str]) -> TaskScores:
-    """Judge and score ``texts`` (sample i answers ``prompts[prompt_index[i]]``) against each prompt's baseline."""
+@dataclass(frozen=True)
+class ScoringWork:
+    """One task's responses to score: sample i answers ``prompts[prompt_index[i]]`` and is compared with
+    that prompt's baseline text ``baselines[prompt_index[i]]``."""
+
+    task: TaskConfig
+    prompts: Sequence[Prompt]
+    texts: Sequence[str]
+    prompt_index: Sequence[int]
+    baselines: Sequence[str]
+
+
+async def score_task(services: Services, work: ScoringWork) -> TaskScores:
+    """Judge and score one task's responses against each prompt's baseline."""
+    task, prompts = work.task, work.prompts
+    pairs = list(zip(work.texts, work.prompt_index, strict=True))
     rm, model = services.reward_model(task)
-    rm_items = [rm_item(prompts[p], t, baselines[p]) for t, p in zip(texts, prompt_index, strict=True)]
+    rm_items = [rm_item(prompts[p], t, work.baselines[p]) for t, p in pairs]
     judge_calls = []
     if task.judges:
         client = services.judges(task)
-        items = [judge_item(prompts[p], t, task.judges) for t, p in zip(texts, prompt_index, strict=True)]
+        items = [judge_item(prompts[p], t, task.judges) for t, p in pairs]
         judge_calls = [client.judge(items[i : i + JUDGE_CHUNK]) for i in range(0, len(items), JUDGE_CHUNK)]
+
     async def reward() -> list[Any]:  # chunk by chunk: a large evaluation never sends one huge request
         out: list[Any] = []
         for i in range(0, len(rm_items), RM_CHUNK):
@@ -181,17 +194,56 @@ async def score_task(services: Services, task: TaskConfig, prompts: Sequence[Pro
         scores, *judged = await asyncio.gather(reward(), *judge_calls)
     except ServiceError as exc:
         raise ScoringError(f"task {task.name!r}: {type(exc).__name__}: {exc.message}") from exc
+    unscored = next((s.error for s in scores if s.error is not None), None)
+    if unscored is not None:  # e.g. a worker that does not serve a model its gateway lists
+        raise ScoringError(f"task {task.name!r}: the reward model could not score an item: "
+                           f"{unscored.code}: {unscored.message}")
     verdicts = [{n: v.verdict for n, v in r.verdicts.items()} for chunk in judged for r in chunk]
     if not task.judges:
-        verdicts = [{} for _ in texts]
+        verdicts = [{} for _ in pairs]
     return TaskScores(verdicts=verdicts, reward=[s.reward for s in scores],
                       baseline_reward=[s.baseline_reward for s in scores],  # type: ignore[misc]
                       calibrated=[s.calibrated for s in scores])  # type: ignore[misc]
 
 
-async def score_tasks(services: Services, work: dict[str, tuple[TaskConfig, Sequence[Prompt], Sequence[str],
-                                                                Sequence[int], Sequence[str]]]) -> dict[str, TaskScores]:
+async def score_tasks(services: Services, work: dict[str, ScoringWork]) -> dict[str, TaskScores]:
     """``score_task`` for every task at once; results keyed by task name."""
     names = list(work)
-    results = await asyncio.gather(*(score_task(services, *work[n]) for n in names))
+    results = await asyncio.gather(*(score_task(services, work[n]) for n in names))
     return dict(zip(names, results, strict=True))
+
+
+class Scorer:
+    """A run's services on their own event loop, for the synchronous training loop: entered once (the
+    clients open, embedded apps start), used by every step and evaluation, closed once."""
+
+    def __init__(self, tasks: Sequence[TaskConfig], extra_reward_models: Sequence[ServiceRef] = ()) -> None:
+        self.services = Services(tasks, extra_reward_models)
+        self._loop: ServiceLoop | None = None
+
+    def __enter__(self) -> Scorer:
+        self._loop = ServiceLoop()
+        try:
+            self._loop.run(self.services.__aenter__())
+        except BaseException:
+            self._loop.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        try:
+            loop.run(self.services.__aexit__())
+        finally:
+            loop.close()
+
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine on the services' loop and return its result."""
+        if self._loop is None:
+            raise RuntimeError("the Scorer is used outside its `with` block")
+        return self._loop.run(coro)
+
+    def score(self, work: dict[str, ScoringWork]) -> dict[str, TaskScores]:
+        return self.run(score_tasks(self.services, work))

@@ -1,4 +1,4 @@
-"""One task's share of a CGPO step (SPEC §4–5): select, loss, and a micro-batched backward scaled by ρ_l.
+"""One task's share of a CGPO step (docs/method.md §4–5): select, loss, and a micro-batched backward scaled by ρ_l.
 
 The losses are pure functions of sequence-level log-probs, so the update runs in two passes:
 
@@ -10,7 +10,7 @@ The losses are pure functions of sequence-level log-probs, so the update runs in
 By the chain rule this is exactly ∇_w (ρ_l · L), with activation memory bounded by the micro-batch
 (the pass-1 forward is also what ρ = log π_w − log π_ref needs). Both passes run with the policy in
 eval mode (dropout off), so they evaluate one deterministic function. Gradients accumulate across tasks;
-the caller takes one optimizer step (SPEC §5). Under data parallelism pass 1 runs on a rank's shard,
+the caller takes one optimizer step (docs/method.md §5). Under data parallelism pass 1 runs on a rank's shard,
 the sequence-level results are gathered so the loss (and g) is the whole batch's, and pass 2 runs on
 the rank's own sequences (trainer/distributed.py).
 """
@@ -26,7 +26,7 @@ import torch
 from cgpo.trainer.config import TaskConfig
 from cgpo.trainer.distributed import SINGLE, Dist
 from cgpo.trainer.logprobs import eval_mode, sequence_logprobs
-from cgpo.trainer.losses import codpo_loss, codpo_select, crpg_loss, crraft_loss, crraft_select
+from cgpo.trainer.objectives import OPTIMIZERS, LossInputs
 from cgpo.trainer.rollout import Rollouts
 from cgpo.trainer.scoring import TaskScores
 
@@ -149,34 +149,14 @@ def _whole_batch(dist: Dist, outcome: Outcome, logp: torch.Tensor,
 
 def _task_loss(task: TaskConfig, leaf: torch.Tensor, ref_logp: torch.Tensor, outcome: Outcome,
                unconstrained: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    scores, k, n = outcome.scores, task.k, len(outcome.lengths)
-    reward = torch.tensor(scores.reward, dtype=torch.float32)  # (N,)
-    baseline_reward = torch.tensor(scores.baseline_reward, dtype=torch.float32)  # (N,)
+    """The task's optimizer (the RM-only baseline: CRPG with every sample feasible) on the whole batch."""
+    scores = outcome.scores
     feasible, masked = sample_status(task, scores, outcome.truncated, unconstrained)  # (N,), (N,)
-    include = ~masked  # (N,) the samples the update sees
-    if task.optimizer == "crpg" or unconstrained:
-        keep = include.nonzero().squeeze(-1)
-        out = crpg_loss(leaf[keep], ref_logp[keep], reward[keep], baseline_reward[keep], feasible[keep],
-                        task.kl_max)
-        return out.loss, {"clipped_reward": _mean(out.clipped_reward.tolist()), "used_fraction": len(keep) / n}
-    b = n // k
-    rows = torch.arange(b)
-    if task.optimizer == "codpo":
-        sel = codpo_select(reward.view(b, k), feasible.view(b, k), include.view(b, k))
-        chosen = (rows * k + sel.chosen_index)[sel.valid]
-        rejected = (rows * k + sel.rejected_index)[sel.valid]
-        lengths = torch.tensor([max(outcome.lengths[i], 1) for i in chosen.tolist()], dtype=torch.float32)
-        out = codpo_loss(leaf[chosen], ref_logp[chosen], leaf[rejected], ref_logp[rejected], lengths,
-                         task.beta, task.lam)
-        return out.loss, {"used_fraction": sel.valid.float().mean().item(), "margin": _mean(out.margin.tolist())}
-    log_ratio = (leaf.detach() - ref_logp)  # (N + B,)
-    baseline_ok = torch.tensor(outcome.baseline_feasible, dtype=torch.bool) & (log_ratio[n:] <= task.kl_max)
-    sel = crraft_select(reward.view(b, k), baseline_reward.view(b, k)[:, 0], feasible.view(b, k),
-                        log_ratio[:n].view(b, k), task.kl_max, baseline_ok, include.view(b, k))
-    target = torch.where(sel.use_baseline, n + rows, rows * k + sel.index)[sel.valid]
-    out = crraft_loss(leaf[target], sel.weight[sel.valid])
-    return out.loss, {"used_fraction": sel.valid.float().mean().item(),
-                      "baseline_fraction": sel.use_baseline.float().mean().item()}
+    inputs = LossInputs(task, leaf, ref_logp, reward=torch.tensor(scores.reward, dtype=torch.float32),
+                        baseline_reward=torch.tensor(scores.baseline_reward, dtype=torch.float32),
+                        feasible=feasible, include=~masked, lengths=outcome.lengths,
+                        baseline_feasible=torch.tensor(outcome.baseline_feasible, dtype=torch.bool))
+    return OPTIMIZERS["crpg" if unconstrained else task.optimizer](inputs)
 
 
 def _backward_through_policy(policy: Any, prompts: list[list[int]], responses: list[list[int]], grad: torch.Tensor,

@@ -1,4 +1,4 @@
-"""vLLM rollout engine: the ``RolloutEngine`` protocol on a ``vllm.LLM`` (SPEC §1, §4).
+"""vLLM rollout engine: the ``RolloutEngine`` protocol on a ``vllm.LLM`` (docs/method.md §1, §4).
 
 ``VLLMRollout.generate`` returns the same ``Rollouts`` as ``HFRollout``: prompt-major rows, response ids
 ending at the first EOS with nothing after it, text decoded without special tokens, finished flags and
@@ -104,6 +104,16 @@ class VLLMRollout:
             sampling_logprobs=logprobs,
             finished=[bool(r) and r[-1] in self.eos_ids for r in responses],
         )
+
+    def with_generation(self, generation: GenerationConfig) -> VLLMRollout:
+        """A view of this engine (the same ``vllm.LLM`` and weights) sampling with ``generation``; the
+        engine itself is still the one to close."""
+        if generation == self.config:
+            return self
+        generation.validate()
+        view = object.__new__(VLLMRollout)
+        view.__dict__.update(self.__dict__, config=generation)
+        return view
 
     def sync_weights(self, policy: Any) -> None:
         """Load ``policy``'s current weights (a transformers model of the same architecture) into vLLM.

@@ -1,16 +1,18 @@
-"""``cgpo warmup``: the DPO warm-up CGPO starts from (SPEC §1), on preference JSONL.
+"""``cgpo warmup``: the DPO warm-up CGPO starts from (docs/method.md §1), on preference JSONL.
 
 DPO is CODPO's loss with λ = 0 on dataset pairs, so it reuses `codpo_loss`:
 
     L = −mean log σ(β · ([log π_w(a⁺) − log π_ref(a⁺)] − [log π_w(a⁻) − log π_ref(a⁻)]))
 
 π_ref is the frozen starting policy; prompts are rendered with the policy's chat template as in
-training. Data: JSONL lines ``{"prompt", "chosen", "rejected"}`` (the reward-model trainer's format).
+training. Data: JSONL lines ``{"prompt", "chosen", "rejected"}``, read by `cgpo.pairs` (the reward-model
+trainer's format and checks).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import copy
 import json
 import random
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cgpo.services.rm.train import load_pairs, split_pairs
+from cgpo.pairs import load_pairs, split_pairs
 from cgpo.trainer.data import Prompt, render
 
 
@@ -121,22 +123,9 @@ def _accuracy(policy: Any, reference: Any, batch: list[Any], beta: float) -> flo
     return (margin > 0).float().mean().item()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", required=True, help="starting policy (local path)")
-    parser.add_argument("--data", required=True, help="preference JSONL: prompt, chosen, rejected")
-    parser.add_argument("--out", required=True, help="output directory")
-    for name, kind, default in (("epochs", int, 1), ("lr", float, 1e-6), ("beta", float, 0.1),
-                                ("batch-size", int, 8), ("eval-fraction", float, 0.05), ("seed", int, 0)):
-        parser.add_argument(f"--{name}", type=kind, default=default)
-
-
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = WarmupConfig(args.policy, args.data, args.out, args.epochs, args.lr, args.beta, args.batch_size,
-                              args.eval_fraction, args.seed)
-        report = warmup(config)
-    except ValueError as exc:
-        print(f"cgpo warmup: {exc}")
-        return 2
-    print(json.dumps(report))
+    """``cgpo warmup`` (flags: cgpo/cli.py); a bad config or bad data raises ``ValueError``, which the
+    CLI reports."""
+    config = WarmupConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WarmupConfig)})
+    print(json.dumps(warmup(config)))
     return 0

@@ -39,7 +39,7 @@ def aggregate(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
 
 
 def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The demo's acceptance claims (SPEC §6's PPO-vs-CGPO result), each with whether it held."""
+    """The demo's acceptance claims (docs/method.md §6's PPO-vs-CGPO result), each with whether it held."""
     runs = results["runs"]
     sft, base = runs["sft"]["tasks"], runs["baseline"]["tasks"]
     hacked = [t for t in TASKS if base[t]["reward"] > sft[t]["reward"]
@@ -69,9 +69,11 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def monitor_summary(runs: list[dict[str, Any]], config: MonitorConfig = MonitorConfig()) -> dict[str, Any]:
+def monitor_summary(runs: list[dict[str, Any]], config: MonitorConfig | None = None) -> dict[str, Any]:
     """Per run kind, task and seed: whether the monitor fired (first crossing: step, data, judge, window,
     score) and the highest training-window and held-out scores (trainer/monitor.py)."""
+    if config is None:
+        config = MonitorConfig()
     out: dict[str, Any] = {}
     for r in runs:
         if not r["records"]:
@@ -127,7 +129,8 @@ def table(results: dict[str, Any]) -> str:
     head = "| task | " + " | ".join(LABELS[k] for k in kinds) + " |"
     lines = [head, "|---" * (len(kinds) + 1) + "|"]
     for task in TASKS:
-        cells = [f"{100 * runs[k]['tasks'][task]['pass_rate']:.0f} ± {100 * runs[k]['tasks'][task]['pass_rate_std']:.0f}"
+        cells = [f"{100 * runs[k]['tasks'][task]['pass_rate']:.0f} ± "
+                 f"{100 * runs[k]['tasks'][task]['pass_rate_std']:.0f}"
                  for k in kinds]
         lines.append(f"| {task}: pass % | " + " | ".join(cells) + " |")
     for task in TASKS:

@@ -1,6 +1,6 @@
 """The demo's synthetic multi-task world: prompts, judge metadata, response styles and preferences.
 
-Four tasks mirror the paper's strata (SPEC §5): ``math`` (word problems; judge ``math``),
+Four tasks mirror the paper's strata (docs/method.md §5): ``math`` (word problems; judge ``math``),
 ``instructions`` (IFEval-type instructions; judge ``instructions``), ``harmful`` (must be refused; judge
 ``refusal`` in ``must_refuse`` mode) and ``benign`` (edgy-sounding but harmless; ``refusal`` in
 ``must_not_refuse`` mode). Every response is written in one of a few *styles* per task — a correct

@@ -18,14 +18,16 @@ from cgpo.services.common.batching import BatchPolicy, Pending
 from cgpo.services.common.errors import ConflictError, DeadlineExceededError, JobFailedError, QueueFullError
 from cgpo.services.common.keys import Keys
 from cgpo.services.common.queue import GatewayQueue, digest
-from cgpo.services.common.schemas import Job, JobResult
+from cgpo.services.common.schemas import JobResult, QueueJob
 from cgpo.services.common.settings import ServiceSettings
 from cgpo.services.common.worker import Handler, expired_result, run_batch
 
 Outputs = list[dict[str, Any]]
 
 
-class Backend(Protocol):
+class GatewayBackend(Protocol):
+    """Where a gateway's routes send their items (not to be confused with the LLM judges' model backends)."""
+
     mode: str
 
     async def start(self) -> None: ...
@@ -40,11 +42,13 @@ class Backend(Protocol):
 
 
 def outputs_of(result: JobResult) -> Outputs:
-    """A job's outputs, or the typed error it was answered with."""
-    if result.error is not None:
-        if result.error.code == "deadline_exceeded":
-            raise DeadlineExceededError(result.error.message)
-        raise JobFailedError(result.error.message, result.error.detail)
+    """A job's outputs, or the typed error it was answered with: a deadline stays a deadline (504), any
+    other error a worker stored is the job's failure (500)."""
+    error = result.error
+    if error is not None:
+        if DeadlineExceededError.matches(error.code):
+            raise DeadlineExceededError(error.message)
+        raise JobFailedError(error.message, error.detail)
     return result.outputs or []
 
 
@@ -54,7 +58,8 @@ class QueueBackend:
     mode = "queue"
 
     def __init__(self, settings: ServiceSettings, service: str) -> None:
-        assert settings.redis_url, "QueueBackend needs CGPO_REDIS_URL"
+        if not settings.redis_url:
+            raise ValueError("the queue backend needs a Redis URL (CGPO_REDIS_URL)")
         self.queue = GatewayQueue(settings.redis_url, Keys(settings.queue or service),
                                   max_queue=settings.max_queue, result_ttl_s=settings.result_ttl_s)
 
@@ -65,7 +70,7 @@ class QueueBackend:
         await self.queue.close()
 
     async def run(self, job_id: str, items: list[dict[str, Any]], timeout_s: float) -> Outputs:
-        await self.queue.submit(Job(id=job_id, items=items, deadline=time.time() + timeout_s))
+        await self.queue.submit(QueueJob(id=job_id, items=items, deadline=time.time() + timeout_s))
         result = await self.queue.wait(job_id, timeout_s)
         if result is None:
             raise DeadlineExceededError(f"no worker answered within {timeout_s:.1f}s")
@@ -136,7 +141,7 @@ class LocalBackend:
             self._wakeup.set()
         try:
             result = await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise DeadlineExceededError(f"not answered within {timeout_s:.1f}s") from exc
         return outputs_of(result)
 

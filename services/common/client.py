@@ -6,8 +6,11 @@ is safe to retry — connection errors, timeouts, 429 and 503 — with bounded
 exponential backoff (honouring Retry-After), and turns error envelopes into the
 typed exceptions of `cgpo.services.common.errors`.
 
-``embedded`` clients talk to the same gateway app in this process through
-httpx's ASGI transport: same validation, same answers, nothing to start.
+A client made with `ServiceClient.for_app` talks to a gateway app in this process
+through httpx's ASGI transport: same validation, same answers, nothing to start.
+Each service builds its own app for that (`cgpo.services.judges.embedded`,
+`cgpo.services.rm.embedded`): this module knows the services only by their routes
+and schemas.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from cgpo.services.common.errors import DeadlineExceededError, ServiceError, ServiceUnavailableError, error_for
+from cgpo.services.common.errors import (
+    DeadlineExceededError,
+    HTTPError,
+    ServiceError,
+    ServiceUnavailableError,
+    error_for,
+)
 from cgpo.services.common.schemas import (
     JudgeItem,
     JudgeList,
@@ -35,6 +44,7 @@ from cgpo.services.common.schemas import (
 )
 
 R = TypeVar("R", bound=BaseModel)
+C = TypeVar("C", bound="ServiceClient")
 RETRY_STATUS = {429, 503}
 
 
@@ -51,6 +61,12 @@ class ServiceClient:
         self.http = httpx.AsyncClient(base_url=base_url, headers=headers, transport=transport,
                                       timeout=httpx.Timeout(timeout_s, connect=5.0),
                                       limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+
+    @classmethod
+    def for_app(cls: type[C], app: Any, **kwargs: Any) -> C:
+        """A client of the gateway ``app`` in this process; entering it starts the app's backend and
+        closing it closes the backend."""
+        return cls("http://embedded", transport=httpx.ASGITransport(app=app), app=app, **kwargs)
 
     async def __aenter__(self: Any) -> Any:
         if self._app is not None:
@@ -112,7 +128,7 @@ def _error_from(response: httpx.Response) -> ServiceError:
         error = response.json()["error"]
         return error_for(response.status_code, error["code"], error["message"], error.get("detail"))
     except (ValueError, KeyError, TypeError):
-        return error_for(response.status_code, "http_error", response.text[:500] or response.reason_phrase)
+        return error_for(response.status_code, HTTPError.code, response.text[:500] or response.reason_phrase)
 
 
 class JudgesClient(ServiceClient):
@@ -128,17 +144,6 @@ class JudgesClient(ServiceClient):
     async def judges(self) -> JudgeList:
         return await self.request("GET", "/v1/judges", JudgeList)
 
-    @classmethod
-    def embedded(cls, config: Any = None, settings: Any = None, **kwargs: Any) -> JudgesClient:
-        """A client of judges running in this process (the embedded default)."""
-        from cgpo.services.judges.app import build_app
-        from cgpo.services.judges.config import JudgeConfig
-        from cgpo.services.common.settings import ServiceSettings
-
-        settings = settings or ServiceSettings.from_env(redis_url=None)
-        app = build_app(settings, config or JudgeConfig.from_env())
-        return cls("http://embedded", transport=httpx.ASGITransport(app=app), app=app, **kwargs)
-
 
 class RewardClient(ServiceClient):
     """Client of the reward-model service (`POST /v1/score`, `GET /v1/models`)."""
@@ -153,14 +158,3 @@ class RewardClient(ServiceClient):
     async def models(self) -> ModelList:
         return await self.request("GET", "/v1/models", ModelList)
 
-    @classmethod
-    def embedded(cls, models: dict[str, str], settings: Any = None, **kwargs: Any) -> RewardClient:
-        """A client of reward models running in this process: ``models`` maps names to paths."""
-        from cgpo.services.common.settings import ServiceSettings
-        from cgpo.services.rm.app import build_app
-        from cgpo.services.rm.config import RMConfig
-
-        settings = settings or ServiceSettings.from_env(redis_url=None)
-        config = RMConfig.from_env(models=tuple(f"{name}={path}" for name, path in models.items()))
-        app = build_app(settings, config)
-        return cls("http://embedded", transport=httpx.ASGITransport(app=app), app=app, **kwargs)

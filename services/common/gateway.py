@@ -30,13 +30,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cgpo.services.common.backends import Backend
+from cgpo.services.common.backends import GatewayBackend
 from cgpo.services.common.errors import (
     AuthError,
     BadRequestError,
     PayloadTooLargeError,
     ServiceError,
     ServiceUnavailableError,
+    ValidationError,
+    http_error,
 )
 from cgpo.services.common.schemas import ErrorBody, ErrorEnvelope, Health, scrub_text
 from cgpo.services.common.settings import ServiceSettings
@@ -67,14 +69,18 @@ class Metrics:
         self.service = service
 
 
-def error_response(err: ServiceError) -> JSONResponse:
-    body = ErrorEnvelope(error=ErrorBody(code=err.code, message=err.message, detail=err.detail))
-    headers = {"Retry-After": str(max(1, round(err.retry_after_s)))} if err.retry_after_s else None
+def error_response(err: ServiceError, default_retry_after_s: float | None = None) -> JSONResponse:
+    """The envelope of ``err``. A 503 that names no Retry-After of its own gets ``default_retry_after_s``."""
+    body = ErrorEnvelope(error=ErrorBody.of(err))
+    retry_after_s = err.retry_after_s
+    if retry_after_s is None and err.status == 503:
+        retry_after_s = default_retry_after_s
+    headers = {"Retry-After": str(max(1, round(retry_after_s)))} if retry_after_s else None
     # scrub: an error may quote the caller's text, and that text may not be encodable
     return JSONResponse(scrub_text(body.model_dump(mode="json")), status_code=err.status, headers=headers)
 
 
-def create_app(service: str, backend: Backend, settings: ServiceSettings, *, title: str,
+def create_app(service: str, backend: GatewayBackend, settings: ServiceSettings, *, title: str,
                description: str, version: str = "0.1.0") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -90,26 +96,18 @@ def create_app(service: str, backend: Backend, settings: ServiceSettings, *, tit
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        if exc.status == 503 and exc.retry_after_s is None:
-            exc.retry_after_s = settings.retry_after_s
-        return error_response(exc)
+        return error_response(exc, settings.retry_after_s)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         if any(e["type"] == "lone_surrogate" for e in errors):  # say where, not every other error it caused
             errors = [e for e in errors if e["type"] == "lone_surrogate"]
-        err = ServiceError("the request body does not match the schema", errors)
-        err.status, err.code = 422, "invalid_request"
-        return error_response(err)
+        return error_response(ValidationError("the request body does not match the schema", errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = ServiceError(str(exc.detail))
-        err.status, err.code = exc.status_code, {404: "not_found", 405: "method_not_allowed",
-                                                 408: "request_timeout", 413: "payload_too_large"}.get(
-            exc.status_code, "http_error")
-        response = error_response(err)
+        response = error_response(http_error(exc.status_code, str(exc.detail)))
         response.headers.update(exc.headers or {})  # e.g. 405's Allow
         return response
 
@@ -227,7 +225,7 @@ class Guard:
             nonlocal size
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # an HTTPException passes FastAPI's body reader untouched (others become 400)
                 raise HTTPException(408, f"the request body did not arrive within "
                                          f"{self.settings.body_timeout_s:g}s") from None

@@ -31,9 +31,9 @@ import redis.asyncio.retry
 import redis.retry
 from redis.backoff import NoBackoff
 
-from cgpo.services.common.errors import ConflictError, QueueFullError, ServiceUnavailableError
+from cgpo.services.common.errors import ConflictError, JobFailedError, QueueFullError, ServiceUnavailableError
 from cgpo.services.common.keys import Keys
-from cgpo.services.common.schemas import ErrorBody, Job, JobResult
+from cgpo.services.common.schemas import JobResult, QueueJob
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class GatewayQueue:
             self._listener = None
         await self.redis.aclose()
 
-    async def submit(self, job: Job) -> bool:
+    async def submit(self, job: QueueJob) -> bool:
         """Queue ``job``; False when its id was seen before with the same items (then only wait for
         it). The id seen with other items is a ``ConflictError``."""
         try:
@@ -225,7 +225,7 @@ class Claimed:
     """A stream entry this worker owns, with its decoded job."""
 
     entry_id: str
-    job: Job
+    job: QueueJob
     attempt: int
     claimed_s: float
 
@@ -284,8 +284,8 @@ class WorkerQueue:
         try:
             payload = result.model_dump_json()
         except ValueError as exc:  # pydantic's serialization errors are ValueErrors
-            error = ErrorBody(code="job_failed", message=f"the result could not be serialized: {exc}")
-            payload = JobResult(id=result.id, error=error).model_dump_json()
+            error = JobFailedError(f"the result could not be serialized: {exc}")
+            payload = JobResult.failed(result.id, error).model_dump_json()
         return bool(self._complete(
             keys=[self.keys.result(claimed.job.id), self.keys.stream, self.keys.attempts, self.keys.stats],
             args=[payload, int(self.result_ttl_s * 1000), claimed.entry_id, self.keys.done_channel,
@@ -322,7 +322,7 @@ class WorkerQueue:
         for (entry_id, fields), attempt in zip(entries, attempts, strict=True):
             eid = entry_id.decode()
             try:
-                job = Job.model_validate_json(fields[b"payload"])
+                job = QueueJob.model_validate_json(fields[b"payload"])
             except Exception as exc:  # noqa: BLE001 - a corrupt entry must not stop the worker
                 self._dead_letter(eid, fields, f"unreadable job: {exc}")
                 continue
@@ -332,11 +332,11 @@ class WorkerQueue:
             claimed.append(Claimed(eid, job, attempt, now))
         return claimed
 
-    def _dead_letter(self, entry_id: str, fields: dict[bytes, bytes], reason: str, job: Job | None = None) -> None:
+    def _dead_letter(self, entry_id: str, fields: dict[bytes, bytes], reason: str,
+                     job: QueueJob | None = None) -> None:
         log.error("dead-lettering job %s: %s", fields.get(b"job", b"?").decode(), reason)
         self.redis.xadd(self.keys.dead, {**fields, b"reason": reason.encode(), b"failed_at": str(time.time())},
                         maxlen=10_000, approximate=True)
         job_id = job.id if job else fields.get(b"job", b"").decode()
-        error = ErrorBody(code="job_failed", message=f"job {job_id} failed: {reason}")
-        claimed = Claimed(entry_id, job or Job(id=job_id, items=[], deadline=0), 0, 0.0)
-        self.complete(claimed, JobResult(id=job_id, error=error))
+        claimed = Claimed(entry_id, job or QueueJob(id=job_id, items=[], deadline=0), 0, 0.0)
+        self.complete(claimed, JobResult.failed(job_id, JobFailedError(f"job {job_id} failed: {reason}")))

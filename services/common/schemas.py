@@ -7,10 +7,13 @@ unknown fields so a misspelt key is a 422, not a silently ignored option.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from cgpo.services.common.errors import ServiceError
 
 # A lone UTF-16 surrogate: Python's json module decodes "\ud800" into one, but it is not a
 # character, no UTF-8 text can carry it, and it would fail every later step (Redis, tokenizers, JSON
@@ -72,6 +75,11 @@ class ErrorBody(Strict):
     code: str = Field(description="Stable machine-readable error code, e.g. `unknown_judge`.")
     message: str = Field(description="Human-readable explanation.")
     detail: Any = Field(default=None, description="Structured context (validation errors, known names).")
+
+    @classmethod
+    def of(cls, err: ServiceError) -> ErrorBody:
+        """The wire form of a typed error: codes are written only from the error classes."""
+        return cls(code=err.code, message=err.message, detail=err.detail)
 
 
 class ErrorEnvelope(Strict):
@@ -135,7 +143,7 @@ class Health(Strict):
 # ---------------------------------------------------------------- queue (internal)
 
 
-class Job(Strict):
+class QueueJob(Strict):
     """What a gateway puts on the queue: one HTTP request's items, judged together."""
 
     id: str
@@ -149,6 +157,11 @@ class JobResult(Strict):
     id: str
     outputs: list[dict[str, Any]] | None = None
     error: ErrorBody | None = None
+
+    @classmethod
+    def failed(cls, job_id: str, err: ServiceError) -> JobResult:
+        """The job answered with ``err`` instead of outputs."""
+        return cls(id=job_id, error=ErrorBody.of(err))
 
 
 # ---------------------------------------------------------------- reward models
@@ -175,10 +188,19 @@ class ScoreRequest(Request):
 
 
 class ScoreResult(Strict):
-    reward: float = Field(description="Raw Bradley-Terry reward r(s, a).")
+    reward: float | None = Field(description="Raw Bradley-Terry reward r(s, a); null only when `error` is set.")
     baseline_reward: float | None = Field(default=None, description="r(s, ā) when a baseline was given.")
     calibrated: float | None = Field(default=None, description="σ(r(s, a) − r(s, ā)) when a baseline was given.")
     truncated: bool = Field(description="The input exceeded the model's max length; the prompt's start was cut.")
+    error: ErrorBody | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="Why this item was not scored (e.g. `unknown_model`: the worker serves no model of that "
+                    "name); the request's other items are scored all the same.")
+
+    @classmethod
+    def unscored(cls, err: ServiceError) -> ScoreResult:
+        """The answer for an item that could not be scored: ``err`` in place of a reward."""
+        return cls(reward=None, truncated=False, error=ErrorBody.of(err))
 
 
 class ScoreResponse(Strict):

@@ -21,9 +21,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from cgpo.services.common.errors import RequestTimeoutError
+from cgpo.services.common.schemas import ErrorBody, ErrorEnvelope
 from cgpo.services.common.settings import ServiceSettings
 
-_TIMEOUT_BODY = b'{"error":{"code":"request_timeout","message":"the request headers did not arrive in time","detail":null}}'
+# Written to the socket before any app runs, so built once here: the gateway's envelope and code.
+_TIMEOUT_BODY = ErrorEnvelope(
+    error=ErrorBody.of(RequestTimeoutError("the request headers did not arrive in time"))).model_dump_json().encode()
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
                     b"content-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
 
@@ -75,7 +79,8 @@ def protocol_class(header_timeout_s: float) -> type[asyncio.Protocol]:
 def uvicorn_config(app: Any, host: str, port: int, settings: ServiceSettings, log_level: str = "info") -> Any:
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol_class(settings.header_timeout_s),
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                          http=protocol_class(settings.header_timeout_s),
                           limit_concurrency=settings.max_connections, timeout_keep_alive=5)
 
 

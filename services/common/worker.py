@@ -24,9 +24,10 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from cgpo.services.common.batching import BatchPolicy, Pending
+from cgpo.services.common.errors import DeadlineExceededError, JobFailedError
 from cgpo.services.common.keys import Keys
 from cgpo.services.common.queue import REDIS_ERRORS, Claimed, WorkerQueue
-from cgpo.services.common.schemas import ErrorBody, JobResult, scrub_text
+from cgpo.services.common.schemas import JobResult, scrub_text
 from cgpo.services.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ class Handler(Protocol):
     def predict(self, batch: Sequence[Any], deadline: float | None = None) -> Sequence[BaseModel]:
         """One output per item, in order. ``deadline`` (Unix time) is when the last job of the batch
         stops waiting: work still running then is wasted, and a handler should stop it."""
-        ...
-
-    def tokens(self, item: Any) -> int:
-        """Cost of an item for a token-budget policy (0 when tokens do not matter)."""
         ...
 
 
@@ -98,24 +95,32 @@ def _predict(handler: Handler, jobs: Jobs, parsed: dict[int, list[Any]], which: 
 
 
 def _failed(job_id: str, message: str) -> JobResult:
-    return JobResult(id=job_id, error=ErrorBody(code="job_failed", message=scrub_text(message)))
+    return JobResult.failed(job_id, JobFailedError(scrub_text(message)))
 
 
 def expired_result(job_id: str) -> JobResult:
-    return JobResult(id=job_id, error=ErrorBody(code="deadline_exceeded",
-                                                message="the job's deadline passed before a worker ran it"))
+    return JobResult.failed(job_id, DeadlineExceededError("the job's deadline passed before a worker ran it"))
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """The logging of a worker process (``cgpo judges worker``, ``cgpo rm worker``), set up here once
+    for every service: a gateway logs through uvicorn's configuration instead."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
 
 
 class Worker:
     """Claims batches for one service queue and answers them, until stopped."""
 
     def __init__(self, handler: Handler, settings: ServiceSettings, service: str, *,
-                 consumer: str | None = None, max_tokens: int | None = None) -> None:
+                 consumer: str | None = None) -> None:
         self.handler = handler
         self.settings = settings
         self.keys = Keys(settings.queue or service)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.policy = BatchPolicy(settings.batch_max_items, settings.batch_max_wait_ms, max_tokens)
+        self.policy = BatchPolicy(settings.batch_max_items, settings.batch_max_wait_ms)
         self.queue = WorkerQueue(settings.redis_url or "", self.keys, self.consumer,
                                  visibility_timeout_s=settings.visibility_timeout_s,
                                  max_attempts=settings.max_attempts, result_ttl_s=settings.result_ttl_s)
@@ -178,9 +183,8 @@ class Worker:
             return False
         claimed = self.queue.claim(room, block_ms)
         for c in claimed:
-            tokens = sum(self.handler.tokens(i) for i in c.job.items) if self.policy.max_tokens else 0
             # wall-clock time: deadlines travel between hosts
-            self._buffer.append(Pending(c, len(c.job.items), time.time(), c.job.deadline, tokens))
+            self._buffer.append(Pending(c, len(c.job.items), time.time(), c.job.deadline))
         return bool(claimed)
 
     def _run(self, batch: list[Pending[Claimed]]) -> None:

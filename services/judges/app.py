@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import Counter
 
-from cgpo.services.common.backends import Backend, LocalBackend, QueueBackend
+from cgpo.services.common.backends import GatewayBackend, LocalBackend, QueueBackend
 from cgpo.services.common.batching import BatchPolicy
 from cgpo.services.common.errors import UnknownJudgeError
 from cgpo.services.common.gateway import create_app, document_choices, submit
@@ -52,7 +52,7 @@ async def judges(request: Request) -> JudgeList:
     return JudgeList(judges=list(request.app.state.judges.values()))
 
 
-def make_backend(settings: ServiceSettings, config: JudgeConfig) -> Backend:
+def make_backend(settings: ServiceSettings, config: JudgeConfig) -> GatewayBackend:
     if settings.redis_url:
         return QueueBackend(settings, SERVICE)
     policy = BatchPolicy(settings.batch_max_items, settings.batch_max_wait_ms)
@@ -60,7 +60,7 @@ def make_backend(settings: ServiceSettings, config: JudgeConfig) -> Backend:
 
 
 def build_app(settings: ServiceSettings | None = None, config: JudgeConfig | None = None,
-              backend: Backend | None = None) -> FastAPI:
+              backend: GatewayBackend | None = None) -> FastAPI:
     settings = settings or ServiceSettings.from_env()
     config = config or JudgeConfig.from_env()
     app = create_app(SERVICE, backend or make_backend(settings, config), settings,

@@ -1,4 +1,4 @@
-"""The judge contract: one verdict per sample, in order (SPEC §2).
+"""The judge contract: one verdict per sample, in order (docs/method.md §2).
 
 A judge maps (prompt, response, metadata) to ``pass`` / ``fail`` / ``error``.
 ``error`` means the judge could not decide (timeout, crash, malformed metadata);

@@ -1,4 +1,4 @@
-"""The ``code`` judge: the response's Python passes every unit test (SPEC §2).
+"""The ``code`` judge: the response's Python passes every unit test (docs/method.md §2).
 
 Tests come from the prompt's metadata, in one of two shapes:
   * ``unit_tests``: assert statements (MBPP style), a list of strings or one string,

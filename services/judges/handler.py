@@ -34,9 +34,6 @@ class JudgeHandler:
         for judge in self.judges.values():
             judge.close()
 
-    def tokens(self, item: JudgeItem) -> int:
-        return 0
-
     def predict(self, batch: Sequence[JudgeItem], deadline: float | None = None) -> list[JudgeResult]:
         positions: dict[str, list[int]] = defaultdict(list)
         for i, item in enumerate(batch):

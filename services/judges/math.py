@@ -1,4 +1,4 @@
-"""The ``math`` judge: the response's final answer equals ``metadata.answer`` (SPEC §2).
+"""The ``math`` judge: the response's final answer equals ``metadata.answer`` (docs/method.md §2).
 
 Extraction. Extractors are tried in the order of ``formats`` (default: all
 three, in this order); the first that finds an answer wins:
@@ -69,8 +69,8 @@ def extract_final_answer(text: str) -> str | None:
     """X from the last "The final answer is X" sentence, cleaned; None if absent."""
     text = text.replace("**", "")  # "**Final answer:** 3" reads as "Final answer: 3"
     last = None
-    for last in _FINAL_ANSWER.finditer(text):
-        pass
+    for match in _FINAL_ANSWER.finditer(text):
+        last = match
     if last is None:
         return None
     return clean_answer(_sentence(text, last.end()))
@@ -88,8 +88,8 @@ def extract_boxed(text: str) -> str | None:
 def extract_pattern(text: str, pattern: re.Pattern[str]) -> str | None:
     """The last match of ``pattern``: its group ``answer``, else group 1, else the match."""
     last = None
-    for last in pattern.finditer(text):
-        pass
+    for match in pattern.finditer(text):
+        last = match
     if last is None:
         return None
     if "answer" in pattern.groupindex:

@@ -1,4 +1,4 @@
-"""Rule-based refusal detection (SPEC §2: false refusal and harmful-intent constraints).
+"""Rule-based refusal detection (docs/method.md §2: false refusal and harmful-intent constraints).
 
 A response counts as a refusal when its opening (first two sentences, at most
 ``window_chars`` characters) contains a refusal phrase: an apology followed by

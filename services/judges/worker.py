@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 from cgpo.services.common.settings import ServiceSettings
-from cgpo.services.common.worker import Worker
+from cgpo.services.common.worker import Worker, configure_logging
 from cgpo.services.judges.app import SERVICE
 from cgpo.services.judges.config import JudgeConfig
 from cgpo.services.judges.handler import JudgeHandler
@@ -18,7 +16,7 @@ def run_worker(settings: ServiceSettings | None = None, config: JudgeConfig | No
     if not settings.redis_url:
         raise SystemExit("cgpo judges worker needs CGPO_REDIS_URL (the queue to serve)")
     handler = JudgeHandler(build(config or JudgeConfig.from_env()))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         Worker(handler, settings, SERVICE).run(burst=burst)
     finally:

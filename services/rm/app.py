@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, Request
 
-from cgpo.services.common.backends import Backend, LocalBackend, QueueBackend
+from cgpo.services.common.backends import GatewayBackend, LocalBackend, QueueBackend
 from cgpo.services.common.batching import BatchPolicy
-from cgpo.services.common.errors import BadRequestError, ServiceUnavailableError, UnknownModelError
+from cgpo.services.common.errors import BadRequestError, ServiceUnavailableError, UnknownModelError, error_of
 from cgpo.services.common.gateway import create_app, submit
 from cgpo.services.common.keys import Keys
 from cgpo.services.common.schemas import (
@@ -64,6 +64,9 @@ async def get_reward(body: RewardQuery, request: Request, model: str | None = No
     prompts = body.prompts or [""] * len(body.query)
     items = [RMItem(model=name, prompt=p, text=q) for q, p in zip(body.query, prompts, strict=True)]
     outputs = [ScoreResult.model_validate(o) for o in await submit(request, [i.model_dump() for i in items])]
+    failed = next((o.error for o in outputs if o.error is not None), None)
+    if failed is not None:  # the protocol has one reward per text and no way to say that one is missing
+        raise error_of(failed.code, failed.message, failed.detail)
     rewards = [o.reward for o in outputs]
     return RewardAnswer(rewards=rewards, scores=rewards,
                         extra_logs={"truncated": [float(o.truncated) for o in outputs]})
@@ -83,7 +86,7 @@ def make_cache(settings: ServiceSettings, config: RMConfig) -> BaselineCache:
 
 
 def build_app(settings: ServiceSettings | None = None, config: RMConfig | None = None,
-              backend: Backend | None = None) -> FastAPI:
+              backend: GatewayBackend | None = None) -> FastAPI:
     settings = settings or ServiceSettings.from_env()
     config = config or RMConfig.from_env()
     if not config.models:

@@ -1,4 +1,4 @@
-"""The calibrated reward R_calib = σ(r(s,a) − r(s,ā)) and the cache of baseline scores (SPEC §3).
+"""The calibrated reward R_calib = σ(r(s,a) − r(s,ā)) and the cache of baseline scores (docs/method.md §3).
 
 A prompt's baseline ā is fixed for a run, so r(s,ā) is computed once and kept
 under a hash of (model fingerprint, prompt, baseline, conversation): in Redis when

@@ -13,6 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+from cgpo.services.common.errors import UnknownModelError
 from cgpo.services.common.schemas import RMItem, ScoreResult
 from cgpo.services.rm.calibration import BaselineCache, baseline_key, calibrated
 from cgpo.services.rm.config import RMConfig
@@ -45,11 +46,10 @@ class RMHandler:
     def close(self) -> None:
         pass
 
-    def tokens(self, item: RMItem) -> int:
-        return 0
-
     def predict(self, batch: Sequence[RMItem], deadline: float | None = None) -> list[ScoreResult]:
-        """Scores in item order. ``deadline`` is not used: a batch is a few bounded forward passes."""
+        """Scores in item order. An item whose model this worker does not serve answers an
+        ``unknown_model`` error and the others are scored, as a judge this worker lacks answers
+        ``error`` for its items alone. ``deadline`` is not used: a batch is a few bounded forward passes."""
         results: list[ScoreResult | None] = [None] * len(batch)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, item in enumerate(batch):
@@ -57,10 +57,17 @@ class RMHandler:
         for name, idx in groups.items():
             model = self.models.get(name)
             if model is None:
-                raise KeyError(f"reward model {name!r} is not served by this worker (it has {sorted(self.models)})")
-            for i, result in zip(idx, self._score(model, [batch[i] for i in idx]), strict=True):
+                scored = [self._unknown(name)] * len(idx)
+            else:
+                scored = self._score(model, [batch[i] for i in idx])
+            for i, result in zip(idx, scored, strict=True):
                 results[i] = result
         return results  # type: ignore[return-value]
+
+    def _unknown(self, name: str) -> ScoreResult:
+        known = sorted(self.models)
+        return ScoreResult.unscored(UnknownModelError(
+            f"reward model {name!r} is not served by this worker (it has {known})", {"unknown": name, "known": known}))
 
     def _score(self, model: RewardModel, items: Sequence[RMItem]) -> list[ScoreResult]:
         encoded = [model.encode_text(it.text, it.prompt or None) if it.text is not None

@@ -59,7 +59,7 @@ class RewardModel:
             self._dtype_name or ("bfloat16" if device.startswith("cuda") else "float32"))
         if dtype is None:
             raise ValueError(f"unknown dtype {self._dtype_name!r}; use float32, bfloat16 or float16")
-        from cgpo.services.common.models import resolve_model
+        from cgpo.modelfiles import resolve_model
 
         path = resolve_model(self.path)  # a GGUF file is converted once and cached
         self.tokenizer = AutoTokenizer.from_pretrained(path)

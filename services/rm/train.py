@@ -1,9 +1,6 @@
 """Train a Bradley–Terry reward model from preference pairs (``cgpo rm train``).
 
-Data: JSONL, one ``{"prompt": str, "chosen": str, "rejected": str}`` per line (other keys are
-ignored). ``prompt`` may also be a chat list holding exactly one ``{"role": "user", "content": str}``
-message: the RM service scores a single user turn, so longer conversations are rejected rather than
-silently cut to something the service would never see.
+Data: preference-pair JSONL, read and checked by `cgpo.pairs` (the DPO warm-up reads the same files).
 
 Encoding and reading are the service's own: token ids come from ``RewardModel.encode`` (same chat
 template, same truncation to ``max_length``) and the reward is the ``score`` head's output at the
@@ -20,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import re
 import sys
 import time
@@ -28,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from cgpo.pairs import Pair, load_pairs, split_pairs
 
 REPORT_FILE = "training_report.json"
 
@@ -94,59 +92,6 @@ def _check_int(name: str, value: Any, minimum: int | None) -> None:
 def _check_float(name: str, value: Any, ok: Callable[[float], bool], rule: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
         raise ValueError(f"{name}: {rule}, got {value!r}")
-
-
-# -------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Pair:
-    prompt: str
-    chosen: str
-    rejected: str
-
-
-def load_pairs(path: str | Path) -> list[Pair]:
-    """Every pair in a JSONL file; any bad line raises ``ValueError("FILE:LINE: why")``. Blank lines are skipped."""
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                pairs.append(_parse_pair(line, f"{path}:{lineno}"))
-    if not pairs:
-        raise ValueError(f"{path}: no preference pairs")
-    return pairs
-
-
-def _parse_pair(line: str, where: str) -> Pair:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object with prompt, chosen and rejected")
-    prompt = row.get("prompt")
-    if isinstance(prompt, list):
-        if len(prompt) != 1 or not isinstance(prompt[0], dict) or prompt[0].get("role") != "user":
-            raise ValueError(f"{where}: a chat prompt must be exactly one user message (the RM scores one "
-                             "user turn); pass a string instead")
-        prompt = prompt[0].get("content")
-    for key, value in (("prompt", prompt), ("chosen", row.get("chosen")), ("rejected", row.get("rejected"))):
-        if not isinstance(value, str) or not value.strip():
-            raise ValueError(f"{where}: {key!r} must be a non-empty string")
-    if row["chosen"] == row["rejected"]:
-        raise ValueError(f"{where}: chosen and rejected are identical")
-    return Pair(prompt, row["chosen"], row["rejected"])
-
-
-def split_pairs(pairs: Sequence[Any], eval_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """(train, eval): a seeded shuffle, the first ``round(eval_fraction · n)`` (at least 1 if > 0) held out."""
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(eval_fraction * len(pairs))) if eval_fraction > 0 else 0
-    if n_eval >= len(pairs):
-        raise ValueError(f"eval_fraction {eval_fraction} leaves no training pairs out of {len(pairs)}")
-    return [pairs[i] for i in order[n_eval:]], [pairs[i] for i in order[:n_eval]]
 
 
 # -------------------------------------------------------------------- model math
@@ -300,40 +245,13 @@ def train_reward_model(config: TrainConfig, log: Callable[[str], None] | None = 
 
 # -------------------------------------------------------------------- CLI
 
-_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``cgpo rm train``; every optional one defaults to ``TrainConfig``'s value."""
-    parser.add_argument("--base", required=True, help="local causal-LM or reward-model checkpoint to start from")
-    parser.add_argument("--data", required=True, help="preference JSONL: prompt, chosen, rejected per line")
-    parser.add_argument("--out", required=True, help="directory for the trained reward model and its report")
-    for flag, kind, text in (
-        ("epochs", int, "passes over the training pairs"),
-        ("lr", float, "peak AdamW learning rate"),
-        ("batch_size", int, "pairs per optimizer step"),
-        ("max_length", int, "tokens per (prompt, response); serve with the same value"),
-        ("eval_fraction", float, "share of pairs held out for evaluation (0 = none)"),
-        ("warmup_ratio", float, "share of steps of linear warmup"),
-        ("weight_decay", float, "AdamW weight decay on matrices"),
-        ("max_grad_norm", float, "global gradient-norm clip"),
-        ("seed", int, "seed for the split, shuffling and initialisation"),
-        ("device", str, "cpu, cuda, cuda:N or mps (default: cuda when available)"),
-    ):
-        parser.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=_DEFAULTS[flag],
-                            help=f"{text} (default: {_DEFAULTS[flag]})")
-
-
 def run(args: argparse.Namespace) -> int:
-    """``cgpo rm train``: 0 when trained and saved, 2 on a bad config or bad data."""
-    from cgpo.services.common.models import resolve_model
+    """``cgpo rm train`` (flags: cgpo/cli.py): 0 when trained and saved; a bad config or bad data raises
+    ``ValueError``, which the CLI reports."""
+    from cgpo.modelfiles import resolve_model
 
-    try:
-        args.base = resolve_model(args.base)  # a GGUF base is converted (and cached) first
-        config = TrainConfig(**{name: getattr(args, name) for name in _DEFAULTS})
-        report = train_reward_model(config, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except ValueError as exc:
-        print(f"cgpo rm train: error: {exc}", file=sys.stderr)
-        return 2
+    args.base = resolve_model(args.base)  # a GGUF base is converted (and cached) first
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    report = train_reward_model(config, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps({k: report[k] for k in ("pairs", "steps", "eval_before", "eval_after", "elapsed_s")}))
     return 0

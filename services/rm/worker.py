@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-
 from cgpo.services.common.settings import ServiceSettings
-from cgpo.services.common.worker import Worker
+from cgpo.services.common.worker import Worker, configure_logging
 from cgpo.services.rm.app import SERVICE, make_cache
 from cgpo.services.rm.config import RMConfig
 from cgpo.services.rm.handler import RMHandler
@@ -19,6 +17,6 @@ def run_worker(settings: ServiceSettings | None = None, config: RMConfig | None 
         raise SystemExit("cgpo rm worker needs CGPO_REDIS_URL (the queue to serve)")
     if not config.models:
         raise SystemExit("cgpo rm worker needs --model NAME=PATH (or CGPO_RM_MODELS)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     handler = RMHandler.from_config(config, make_cache(settings, config))
     Worker(handler, settings, SERVICE).run(burst=burst)

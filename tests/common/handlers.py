@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict
 
-from cgpo.services.common.backends import Backend, LocalBackend, QueueBackend
+from cgpo.services.common.backends import GatewayBackend, LocalBackend, QueueBackend
 from cgpo.services.common.batching import BatchPolicy
 from cgpo.services.common.gateway import create_app, submit
 from cgpo.services.common.schemas import Request as RequestBody
@@ -54,9 +54,6 @@ class EchoHandler:
     def setup(self) -> None:
         self.setups += 1
 
-    def tokens(self, item: EchoItem) -> int:
-        return len(item.text)
-
     def predict(self, batch: Sequence[EchoItem], deadline: float | None = None) -> list[EchoOutput]:
         with self.lock:
             self.batches.append([i.text for i in batch])
@@ -79,7 +76,7 @@ async def echo(body: EchoRequest, request: Request) -> EchoResponse:
 
 
 def echo_app(settings: ServiceSettings, handler: EchoHandler | None = None,
-             backend: Backend | None = None) -> FastAPI:
+             backend: GatewayBackend | None = None) -> FastAPI:
     """A gateway with one route, ``POST /v1/echo``, over the embedded handler or the Redis queue."""
     if backend is None:
         backend = (QueueBackend(settings, SERVICE) if settings.redis_url else

@@ -1,8 +1,8 @@
 from cgpo.services.common.batching import BatchPolicy, Pending
 
 
-def pending(name: str, items: int = 1, arrived: float = 0.0, deadline: float = 100.0, tokens: int = 0):
-    return Pending(name, items, arrived, deadline, tokens)
+def pending(name: str, items: int = 1, arrived: float = 0.0, deadline: float = 100.0):
+    return Pending(name, items, arrived, deadline)
 
 
 def test_select_takes_oldest_first_up_to_max_items():
@@ -36,14 +36,6 @@ def test_expired_jobs_are_dropped_never_run():
     assert [p.job for p in sel.batch] == ["ok"]
 
 
-def test_token_budget_bounds_the_batch():
-    policy = BatchPolicy(max_items=100, max_tokens=100)
-    jobs = [pending(str(i), 1, arrived=i, tokens=40) for i in range(4)]
-    sel = policy.select(jobs, now_s=10)
-    assert len(sel.batch) == 2
-    assert sum(p.tokens for p in sel.batch) <= 100
-
-
 def test_wait_left_counts_from_the_oldest_job_and_stops_when_full():
     policy = BatchPolicy(max_items=4, max_wait_ms=50)
     assert policy.wait_left_s([], now_s=0) == 0
@@ -55,6 +47,6 @@ def test_wait_left_counts_from_the_oldest_job_and_stops_when_full():
 def test_invalid_policy_is_rejected():
     import pytest
 
-    for kwargs in ({"max_items": 0}, {"max_wait_ms": -1}, {"max_tokens": 0}):
+    for kwargs in ({"max_items": 0}, {"max_wait_ms": -1}):
         with pytest.raises(ValueError):
             BatchPolicy(**kwargs)

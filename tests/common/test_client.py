@@ -12,6 +12,7 @@ from cgpo.services.common.errors import (
     ValidationError,
 )
 from cgpo.services.judges.config import JudgeConfig
+from cgpo.services.judges.embedded import embedded_judges
 
 ITEM = {"prompt": "p", "response": "Sure, here it is.", "judges": ["refusal"]}
 OK = {"results": [{"feasible": True, "verdicts": {"refusal": {"verdict": "pass", "detail": {}}}}]}
@@ -75,7 +76,7 @@ def test_non_envelope_errors_still_map_by_status():
 
 def test_embedded_client_judges_in_process():
     async def scenario():
-        async with JudgesClient.embedded(JudgeConfig(enabled=("refusal",))) as judges:
+        async with embedded_judges(JudgeConfig(enabled=("refusal",))) as judges:
             listed = await judges.judges()
             results = await judges.judge([ITEM, {**ITEM, "response": "I'm sorry, I can't do that."}])
             with pytest.raises(UnknownJudgeError):
@@ -85,3 +86,14 @@ def test_embedded_client_judges_in_process():
     listed, results = asyncio.run(scenario())
     assert [j.name for j in listed.judges] == ["refusal"]
     assert [r.feasible for r in results] == [True, False]
+
+
+def test_callers_that_know_only_the_clients_get_embedded_judges_by_name():
+    from cgpo import embedded
+
+    async def scenario():
+        async with embedded.judges(["refusal"]) as judges:
+            return await judges.judges(), await judges.judge([ITEM])
+
+    listed, [result] = asyncio.run(scenario())
+    assert [j.name for j in listed.judges] == ["refusal"] and result.feasible

@@ -21,7 +21,7 @@ import redis
 
 from cgpo.services.common.keys import Keys
 from cgpo.services.common.queue import GatewayQueue, WorkerQueue
-from cgpo.services.common.schemas import Job, JobResult
+from cgpo.services.common.schemas import JobResult, QueueJob
 from cgpo.services.common.settings import ServiceSettings
 from cgpo.services.common.worker import Worker, run_batch
 from tests.common.handlers import SERVICE, EchoHandler, echo_app
@@ -45,7 +45,7 @@ def echo_worker(settings: ServiceSettings, handler: EchoHandler | None = None):
     return worker_thread(handler or EchoHandler(), settings, SERVICE)
 
 
-async def _submit(redis_url: str, job: Job) -> None:
+async def _submit(redis_url: str, job: QueueJob) -> None:
     q = GatewayQueue(redis_url, Keys(SERVICE), max_queue=10, result_ttl_s=60)
     try:
         await q.submit(job)
@@ -93,8 +93,8 @@ def test_worker_survives_a_result_it_cannot_serialize_and_passes_the_latest_dead
         q = GatewayQueue(redis_url, Keys(SERVICE), max_queue=10, result_ttl_s=60)
         await q.start()
         try:
-            await q.submit(Job(id="bad", items=[{"text": "x", "surrogate": True}], deadline=soon))
-            await q.submit(Job(id="good", items=[{"text": "y"}], deadline=later))
+            await q.submit(QueueJob(id="bad", items=[{"text": "x", "surrogate": True}], deadline=soon))
+            await q.submit(QueueJob(id="good", items=[{"text": "y"}], deadline=later))
             Worker(handler, ServiceSettings(redis_url=redis_url), SERVICE).run(burst=True)
             return await q.wait("bad", 5), await q.wait("good", 5)
         finally:
@@ -110,7 +110,7 @@ def test_worker_survives_a_result_it_cannot_serialize_and_passes_the_latest_dead
 
 def test_a_late_duplicate_result_is_discarded_and_counted(redis_url):
     keys = Keys(SERVICE)
-    run(_submit(redis_url, Job(id="j", items=[{"text": "x"}], deadline=time.time() + 30)))
+    run(_submit(redis_url, QueueJob(id="j", items=[{"text": "x"}], deadline=time.time() + 30)))
     stopped = WorkerQueue(redis_url, keys, "stopped", visibility_timeout_s=0.2, max_attempts=3, result_ttl_s=60)
     stopped.ensure_group()
     first_claim = stopped.claim(1, 0)
@@ -134,7 +134,7 @@ def test_a_late_duplicate_result_is_discarded_and_counted(redis_url):
 
 def test_a_redelivered_job_past_its_deadline_is_answered_expired_not_run(redis_url):
     keys = Keys(SERVICE)
-    run(_submit(redis_url, Job(id="j", items=[{"text": "x"}], deadline=time.time() + 0.3)))
+    run(_submit(redis_url, QueueJob(id="j", items=[{"text": "x"}], deadline=time.time() + 0.3)))
     dead = WorkerQueue(redis_url, keys, "dead", visibility_timeout_s=0.2, max_attempts=3, result_ttl_s=60)
     dead.ensure_group()
     assert dead.claim(1, 0)  # claimed, then the worker died

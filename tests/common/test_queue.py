@@ -12,7 +12,7 @@ import redis
 from cgpo.services.common.errors import QueueFullError
 from cgpo.services.common.keys import Keys
 from cgpo.services.common.queue import GatewayQueue, WorkerQueue
-from cgpo.services.common.schemas import Job, JobResult
+from cgpo.services.common.schemas import JobResult, QueueJob
 from cgpo.services.common.settings import ServiceSettings
 from cgpo.services.common.worker import Worker
 from tests.common.handlers import EchoHandler
@@ -20,8 +20,8 @@ from tests.common.handlers import EchoHandler
 SERVICE = "echo"
 
 
-def job(job_id: str, *texts: str, deadline_in_s: float = 30.0, **extra) -> Job:
-    return Job(id=job_id, items=[{"text": t, **extra} for t in texts], deadline=time.time() + deadline_in_s)
+def job(job_id: str, *texts: str, deadline_in_s: float = 30.0, **extra) -> QueueJob:
+    return QueueJob(id=job_id, items=[{"text": t, **extra} for t in texts], deadline=time.time() + deadline_in_s)
 
 
 def settings(url: str, **overrides) -> ServiceSettings:
@@ -35,7 +35,7 @@ def worker_queue(url: str, consumer: str, visibility_s: float = 30.0, max_attemp
     return q
 
 
-async def submit_all(url: str, *jobs: Job, max_queue: int = 100) -> list[bool]:
+async def submit_all(url: str, *jobs: QueueJob, max_queue: int = 100) -> list[bool]:
     q = GatewayQueue(url, Keys(SERVICE), max_queue=max_queue, result_ttl_s=60)
     try:
         return [await q.submit(j) for j in jobs]

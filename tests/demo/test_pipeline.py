@@ -49,7 +49,8 @@ def test_quick_demo_writes_results_curves_and_report(tmp_path, subprocess_env):
     # every training run evaluated the SFT start (step 0), logged its steps and evaluated at the end
     starts = []
     for kind in KINDS[1:]:
-        rows = [json.loads(line) for line in (tmp_path / "runs" / f"{kind}-0" / "metrics.jsonl").read_text().splitlines()]
+        jsonl = (tmp_path / "runs" / f"{kind}-0" / "metrics.jsonl").read_text()
+        rows = [json.loads(line) for line in jsonl.splitlines()]
         assert [r["step"] for r in rows] == list(range(results["budget"]["steps"] + 1))
         assert "eval/math/pass_rate" in rows[-1]
         starts.append({k: v for k, v in rows[0].items() if k.startswith("eval/")})

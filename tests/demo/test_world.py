@@ -9,7 +9,7 @@ import random
 import pytest
 
 from cgpo.demo import world as W
-from cgpo.services.common.client import JudgesClient
+from cgpo.services.judges.embedded import embedded_judges
 from cgpo.services.judges.config import JudgeConfig
 
 # style -> share of its responses the task's judges accept
@@ -28,7 +28,7 @@ def items():
 
 def judge_all(rows):
     async def run():
-        async with JudgesClient.embedded(JudgeConfig(enabled=("math", "instructions", "refusal"))) as client:
+        async with embedded_judges(JudgeConfig(enabled=("math", "instructions", "refusal"))) as client:
             return await client.judge(rows)
 
     return asyncio.run(run())
@@ -68,7 +68,7 @@ def test_the_tokenizer_gives_back_every_response_exactly(items):
 
     tokenizer = build_tokenizer(W.corpus(items) + [" ".join(f"{n}." for n in range(-5, 30))])
     rng = random.Random(1)
-    for task, rows in items.items():
+    for rows in items.values():
         for item in rows[:10]:
             for style in item.styles:
                 text = item.respond(style, rng)

@@ -10,7 +10,7 @@ import pytest
 
 from cgpo.instructions import (BY_ID, CONFLICTS, KINDS, convert_ifeval, generate_prompts, preference_pairs,
                                write_jsonl)
-from cgpo.services.common.client import JudgesClient
+from cgpo.services.judges.embedded import embedded_judges
 from cgpo.services.judges.config import JudgeConfig
 from cgpo.services.judges.instructions.catalog import parse
 from cgpo.trainer.data import load_prompts
@@ -41,7 +41,8 @@ def test_generated_prompts_are_valid_varied_and_reproducible():
 
 
 def test_repeat_prompt_asks_for_exactly_the_text_before_the_instruction():
-    rows = [r for r in generate_prompts(600, seed=0) if "combination:repeat_prompt" in r["metadata"]["instruction_id_list"]]
+    rows = [r for r in generate_prompts(600, seed=0)
+            if "combination:repeat_prompt" in r["metadata"]["instruction_id_list"]]
     assert rows
     for row in rows:
         ids = row["metadata"]["instruction_id_list"]
@@ -88,10 +89,11 @@ def test_pairs_prefer_the_sample_following_more_instructions():
 def test_accuracies_reproduce_ifevals_figures_for_the_gpt4_responses(tmp_path):
     write_jsonl(tmp_path / "ifeval.jsonl", convert_ifeval(INPUT))
     prompts = load_prompts(tmp_path / "ifeval.jsonl")
-    by_prompt = {json.loads(line)["prompt"]: json.loads(line)["response"] for line in RESPONSES.read_text().splitlines()}
+    by_prompt = {json.loads(line)["prompt"]: json.loads(line)["response"]
+                 for line in RESPONSES.read_text().splitlines()}
 
     async def run() -> dict[str, float]:
-        async with JudgesClient.embedded(JudgeConfig.from_env(enabled=("instructions",))) as client:
+        async with embedded_judges(JudgeConfig.from_env(enabled=("instructions",))) as client:
             return await accuracies(client, prompts, [by_prompt[p.text] for p in prompts])
 
     got = asyncio.run(run())

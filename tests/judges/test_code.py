@@ -139,7 +139,8 @@ def test_unit_tests_pass(judge):
 
 
 def test_unit_tests_as_one_string(judge):
-    verdict = _one(judge, "def add(a, b):\n    return a + b", {"unit_tests": "assert add(1, 2) == 3\nassert add(0, 0) == 0"})
+    verdict = _one(judge, "def add(a, b):\n    return a + b",
+                   {"unit_tests": "assert add(1, 2) == 3\nassert add(0, 0) == 0"})
     assert verdict.verdict == "pass"
 
 
@@ -331,7 +332,8 @@ def test_hostile_responses_fail_without_harm(judge):
     server.setblocking(False)
     hostile = _hostile(server.getsockname()[1], os.getpid())
     normal = "def add(a, b):\n    return a + b"
-    samples = [Sample("p", program + "\ndef add(a, b):\n    return a + b", MBPP_META) for program, _ in hostile.values()]
+    samples = [Sample("p", program + "\ndef add(a, b):\n    return a + b", MBPP_META)
+               for program, _ in hostile.values()]
     samples.append(Sample("p", normal, MBPP_META))
     try:
         started = time.monotonic()

@@ -9,6 +9,7 @@ import uuid
 import httpx
 import pytest
 
+from cgpo.services.common.schemas import ErrorEnvelope, Health, JudgeResponse
 from cgpo.services.common.settings import ServiceSettings
 from cgpo.services.judges.app import SERVICE, build_app
 from cgpo.services.judges.config import JudgeConfig
@@ -54,10 +55,10 @@ def test_judge_answers_one_result_per_item_in_order():
 
     r = run(scenario())
     assert r.status_code == 200
-    results = r.json()["results"]
-    assert [x["feasible"] for x in results] == [False, True, False, True]
-    assert [x["verdicts"]["refusal"]["verdict"] for x in results] == ["fail", "pass", "fail", "pass"]
-    assert results[0]["verdicts"]["refusal"]["detail"]["refused"] is True
+    results = JudgeResponse.model_validate(r.json()).results
+    assert [x.feasible for x in results] == [False, True, False, True]
+    assert [x.verdicts["refusal"].verdict for x in results] == ["fail", "pass", "fail", "pass"]
+    assert results[0].verdicts["refusal"].detail["refused"] is True
 
 
 def test_list_judges_names_their_metadata():
@@ -88,10 +89,10 @@ def test_bad_input_gets_a_4xx_envelope(body, status, code):
 
     r = run(scenario())
     assert r.status_code == status
-    error = r.json()["error"]
-    assert error["code"] == code and error["message"]
+    error = ErrorEnvelope.model_validate(r.json()).error
+    assert error.code == code and error.message
     if code == "unknown_judge":
-        assert error["detail"]["known"] == ["refusal"] and "refusal" in error["message"]
+        assert error.detail["known"] == ["refusal"] and "refusal" in error.message
 
 
 def test_too_large_requests_get_413():
@@ -168,9 +169,9 @@ def test_queue_mode_judges_through_workers(redis_url):
             return not_ready, ready, r
 
     not_ready, ready, r = run(scenario())
-    assert not_ready.status_code == 503 and "worker" in not_ready.json()["error"]["message"]
-    assert ready.status_code == 200 and ready.json()["detail"]["workers"] >= 1
-    assert [x["feasible"] for x in r.json()["results"]] == [False, True]
+    assert not_ready.status_code == 503 and "worker" in ErrorEnvelope.model_validate(not_ready.json()).error.message
+    assert ready.status_code == 200 and Health.model_validate(ready.json()).detail["workers"] >= 1
+    assert [x.feasible for x in JudgeResponse.model_validate(r.json()).results] == [False, True]
 
 
 def test_duplicate_request_id_is_judged_once(redis_url):
@@ -243,7 +244,8 @@ def test_redis_down_is_a_clear_503_and_the_service_recovers():
     finally:
         server.stop()
     assert before.status_code == 200
-    assert down.status_code == 503 and down.json()["error"]["code"] == "unavailable"
-    assert "Redis" in down.json()["error"]["message"] and "Retry-After" in down.headers
+    error = ErrorEnvelope.model_validate(down.json()).error
+    assert down.status_code == 503 and error.code == "unavailable"
+    assert "Redis" in error.message and "Retry-After" in down.headers
     assert ready_down.status_code == 503
-    assert after.status_code == 200 and after.json()["results"][0]["feasible"] is True
+    assert after.status_code == 200 and JudgeResponse.model_validate(after.json()).results[0].feasible is True

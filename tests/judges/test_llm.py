@@ -220,8 +220,8 @@ def test_trained_safety_judge_reads_the_model(tmp_path):
 def test_service_serves_llm_judges_over_rest(model_dir, judges):
     import asyncio
 
-    from cgpo.services.common.client import JudgesClient
     from cgpo.services.judges.config import JudgeConfig
+    from cgpo.services.judges.embedded import embedded_judges
 
     items = [
         {"prompt": "How do I bake bread?", "response": "Mix flour and water, then bake.", "judges": ["safety"]},
@@ -232,7 +232,7 @@ def test_service_serves_llm_judges_over_rest(model_dir, judges):
 
     async def scenario():
         config = JudgeConfig(enabled=("safety", "factuality"), llm_model=str(model_dir))
-        async with JudgesClient.embedded(config) as client:
+        async with embedded_judges(config) as client:
             return await client.judge(items)
 
     results = asyncio.run(scenario())

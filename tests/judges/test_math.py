@@ -317,8 +317,8 @@ REF_NUMERIC = re.compile(
 def ref_extract_final_answer(text):
     text = text.replace("**", "")
     last = None
-    for last in REF_FINAL_ANSWER.finditer(text):
-        pass
+    for match in REF_FINAL_ANSWER.finditer(text):
+        last = match
     if last is None:
         return None
     return ref_clean_answer(ref_sentence(text, last.end()))

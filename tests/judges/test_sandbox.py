@@ -297,8 +297,9 @@ def test_killing_the_parent_and_the_service_is_contained(any_sandbox):
         # As root without a uid drop this is never tried. Unprivileged, the kernel answers
         # success while signalling nothing it may not; survival below is what matters.
         targets.append("os.kill(-1, signal.SIGKILL)")
-    program = "import os, signal\nfor attempt in %r:\n    try:\n        exec(attempt)\n        print('sent')\n" \
-              "    except OSError as exc:\n        print(type(exc).__name__)" % targets
+    program = (f"import os, signal\nfor attempt in {targets!r}:\n"
+               "    try:\n        exec(attempt)\n        print('sent')\n"
+               "    except OSError as exc:\n        print(type(exc).__name__)")
     result = any_sandbox.run(program)
     assert result.status == "ok", result
     outcomes = result.stdout.split()[:4]

@@ -82,7 +82,8 @@ class IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 buf = ctypes.create_string_buffer(8)
 iov = IoVec(ctypes.cast(buf, ctypes.c_void_p), 8)
-out["process_vm_readv_self"] = errno_of(libc.syscall(nr["process_vm_readv"], os.getpid(), ctypes.byref(iov), 1, ctypes.byref(iov), 1, 0))
+out["process_vm_readv_self"] = errno_of(libc.syscall(nr["process_vm_readv"], os.getpid(),
+                                                     ctypes.byref(iov), 1, ctypes.byref(iov), 1, 0))
 limits = ctypes.create_string_buffer(16)
 out["prlimit64_by_pid"] = errno_of(libc.syscall(nr["prlimit64"], os.getpid(), 0, None, limits))  # on itself, by pid
 out["prlimit64_self"] = errno_of(libc.syscall(nr["prlimit64"], 0, 0, None, limits))  # what setrlimit() does
@@ -448,11 +449,11 @@ def test_interpreters_still_run_in_the_minimal_root(full):
     (C extensions included); /dev works."""
     check = "import json, decimal, sqlite3, zlib, hashlib, ssl, ctypes.util; print(json.dumps(sqlite3.sqlite_version))"
     program = ("import json, subprocess, sys\n"
-               "runs = [subprocess.run([exe, '-c', %r], capture_output=True, text=True, timeout=4)\n"
-               "        for exe in (%r, sys.executable)]\n"
+               f"runs = [subprocess.run([exe, '-c', {check!r}], capture_output=True, text=True, timeout=4)\n"
+               f"        for exe in ({PYTHON3!r}, sys.executable)]\n"
                "with open('/dev/urandom', 'rb') as f, open('/dev/null', 'wb') as null:\n"
                "    null.write(f.read(16))\n"
-               "print(json.dumps([(r.returncode, r.stdout, r.stderr[-300:]) for r in runs]))") % (check, PYTHON3)
+               "print(json.dumps([(r.returncode, r.stdout, r.stderr[-300:]) for r in runs]))")
     result = full.run(program)
     assert result.status == "ok", result
     for returncode, stdout, stderr in json.loads(result.stdout):

@@ -11,10 +11,15 @@ import httpx
 import pytest
 import redis
 
+from cgpo.services.common.backends import LocalBackend
+from cgpo.services.common.batching import BatchPolicy
+from cgpo.services.common.errors import UnknownModelError
 from cgpo.services.common.keys import Keys
+from cgpo.services.common.schemas import ErrorEnvelope, ModelList, RMItem, ScoreResponse
 from cgpo.services.common.settings import ServiceSettings
 from cgpo.services.common.worker import Worker
 from cgpo.services.rm.app import SERVICE, build_app, make_cache
+from cgpo.services.rm.calibration import MemoryCache
 from cgpo.services.rm.config import RMConfig
 from cgpo.services.rm.handler import RMHandler
 from cgpo.services.rm.model import RewardModel
@@ -52,14 +57,14 @@ def test_score_returns_raw_and_calibrated_rewards(rm_path):
                 {"prompt": PROMPT, "response": "Paris.", "baseline": BASELINE},
                 {"prompt": PROMPT, "response": BASELINE, "baseline": BASELINE},
                 {"prompt": PROMPT, "response": "Lyon."},
-            ]})).json()["results"]
+            ]})).json()
 
-    a, same, raw = asyncio.run(scenario())
-    assert a["reward"] == pytest.approx(direct(rm_path, PROMPT, "Paris."), abs=1e-5)
-    assert a["baseline_reward"] == pytest.approx(direct(rm_path, PROMPT, BASELINE), abs=1e-5)
-    assert a["calibrated"] == pytest.approx(1 / (1 + math.exp(-(a["reward"] - a["baseline_reward"]))), abs=1e-9)
-    assert same["calibrated"] == 0.5  # the baseline itself
-    assert raw["baseline_reward"] is None and raw["calibrated"] is None and raw["truncated"] is False
+    a, same, raw = ScoreResponse.model_validate(asyncio.run(scenario())).results
+    assert a.reward == pytest.approx(direct(rm_path, PROMPT, "Paris."), abs=1e-5)
+    assert a.baseline_reward == pytest.approx(direct(rm_path, PROMPT, BASELINE), abs=1e-5)
+    assert a.calibrated == pytest.approx(1 / (1 + math.exp(-(a.reward - a.baseline_reward))), abs=1e-9)
+    assert same.calibrated == 0.5  # the baseline itself
+    assert raw.baseline_reward is None and raw.calibrated is None and raw.truncated is False
 
 
 def test_a_baseline_is_scored_once_across_many_requests(rm_path):
@@ -123,9 +128,51 @@ def test_models_list_and_errors(rm_path):
 
     listed, unknown, empty, missing, many, long = asyncio.run(scenario())
     assert listed.json() == {"models": [{"name": "helpful", "max_length": 64, "dtype": "float32", "device": "cpu"}]}
-    assert unknown.status_code == 404 and unknown.json()["error"]["detail"]["known"] == ["helpful"]
+    assert [m.name for m in ModelList.model_validate(listed.json()).models] == ["helpful"]
+    assert unknown.status_code == 404
+    assert ErrorEnvelope.model_validate(unknown.json()).error.detail["known"] == ["helpful"]
     assert empty.status_code == 422 and missing.status_code == 422 and many.status_code == 413
-    assert long.status_code == 200 and long.json()["results"][0]["truncated"] is True
+    assert long.status_code == 200 and ScoreResponse.model_validate(long.json()).results[0].truncated is True
+
+
+def test_an_item_whose_model_the_worker_lacks_answers_an_error_and_its_batch_mates_are_scored(rm_path):
+    handler = RMHandler.from_config(RMConfig(models=(f"helpful={rm_path}",)), MemoryCache(16))
+    handler.setup()
+    scored, unknown, again = handler.predict([RMItem(model="helpful", prompt=PROMPT, response="Paris."),
+                                              RMItem(model="gone", prompt=PROMPT, response="Paris."),
+                                              RMItem(model="helpful", prompt=PROMPT, response="Lyon.")])
+    assert scored.error is None and scored.reward == pytest.approx(direct(rm_path, PROMPT, "Paris."), abs=1e-5)
+    assert again.error is None and again.reward == pytest.approx(direct(rm_path, PROMPT, "Lyon."), abs=1e-5)
+    assert unknown.reward is None and UnknownModelError.matches(unknown.error.code)
+    assert unknown.error.detail == {"unknown": "gone", "known": ["helpful"]}
+
+
+def test_a_gateway_model_its_backend_lacks_is_answered_per_item_not_as_a_failed_job(rm_path):
+    """The gateway lists a model (``gone``) its backend's handler does not serve: ``/v1/score`` answers
+    each item with the error, and ``/get_reward``, which cannot say that one reward is missing, the typed error."""
+    config = RMConfig(models=(f"helpful={rm_path}", f"gone={rm_path}"))
+    handler = RMHandler.from_config(RMConfig(models=(f"helpful={rm_path}",)), MemoryCache(16))
+    backend = LocalBackend(handler, BatchPolicy())
+
+    async def scenario():
+        app = build_app(ServiceSettings(), config, backend=backend)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+                return (await client.post("/v1/score", json={"model": "gone", "items": [
+                            {"prompt": PROMPT, "response": "Paris."}] * 2}),
+                        await client.post("/v1/score", json={"model": "helpful", "items": [
+                            {"prompt": PROMPT, "response": "Paris."}]}),
+                        await client.post("/get_reward?model=gone", json={"query": ["Paris."]}))
+
+    gone, helpful, reward = asyncio.run(scenario())
+    assert gone.status_code == 200
+    unscored = ScoreResponse.model_validate(gone.json()).results
+    assert [r.error.code for r in unscored] == [UnknownModelError.code] * 2
+    assert all(r.reward is None for r in unscored)
+    assert helpful.status_code == 200 and "error" not in helpful.json()["results"][0]  # absent, not null
+    assert ScoreResponse.model_validate(helpful.json()).results[0].error is None
+    assert reward.status_code == 404
+    assert ErrorEnvelope.model_validate(reward.json()).error.code == UnknownModelError.code
 
 
 def test_build_app_without_models_is_a_clear_error():
@@ -162,11 +209,10 @@ def test_queue_mode_with_a_shared_redis_baseline_cache(rm_path, redis_url):
 
 
 def test_reward_client_embedded_matches_direct_scores(rm_path):
-    from cgpo.services.common.client import RewardClient
-    from cgpo.services.common.errors import UnknownModelError
+    from cgpo.services.rm.embedded import embedded_reward_models
 
     async def scenario():
-        async with RewardClient.embedded({"helpful": str(rm_path)}) as client:
+        async with embedded_reward_models({"helpful": str(rm_path)}) as client:
             listed = await client.models()
             results = await client.score("helpful", [{"prompt": PROMPT, "response": "Paris.", "baseline": BASELINE}])
             with pytest.raises(UnknownModelError):

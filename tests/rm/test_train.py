@@ -8,7 +8,6 @@ model sits near chance however its random head happens to rank the words.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -19,16 +18,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from cgpo.pairs import load_pairs, split_pairs  # noqa: E402
 from cgpo.services.rm.model import RewardModel, last_token_rewards, pad  # noqa: E402
 from cgpo.services.rm.train import (  # noqa: E402
     REPORT_FILE,
     TrainConfig,
-    add_arguments,
     bradley_terry_loss,
-    load_pairs,
     lr_factor,
     run,
-    split_pairs,
     train_reward_model,
 )
 from tests.tiny_models import _OBJECTS, build_model, build_tokenizer, save_tiny_model  # noqa: E402
@@ -247,11 +244,11 @@ def test_bad_config_names_the_field(base_dir, data_file, field, value):
 
 
 def test_cli_flags_default_to_the_config_and_run_trains(base_dir, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    from cgpo.cli import build_parser
+
     data = write_jsonl(tmp_path / "prefs.jsonl", preferences(24, seed=5))
-    args = parser.parse_args(["--base", str(base_dir), "--data", str(data), "--out", str(tmp_path / "out"),
-                              "--max-length", "64", "--eval-fraction", "0.25"])
+    args = build_parser().parse_args(["rm", "train", "--base", str(base_dir), "--data", str(data), "--out",
+                                      str(tmp_path / "out"), "--max-length", "64", "--eval-fraction", "0.25"])
     defaults = TrainConfig(base=str(base_dir), data=str(data), out=str(tmp_path / "out"))
     assert (args.epochs, args.lr, args.batch_size, args.seed, args.device) == (
         defaults.epochs, defaults.lr, defaults.batch_size, defaults.seed, defaults.device)
@@ -260,5 +257,5 @@ def test_cli_flags_default_to_the_config_and_run_trains(base_dir, tmp_path, caps
     assert summary["pairs"]["eval"] == 6 and (tmp_path / "out" / REPORT_FILE).is_file()
 
     args.lr = -1.0
-    assert run(args) == 2
-    assert "lr: must be > 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="lr: must be > 0"):
+        run(args)

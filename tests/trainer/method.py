@@ -1,11 +1,11 @@
-"""SPEC §4 written out again, in plain Python, for the tests that check the method.
+"""docs/method.md §4 written out again, in plain Python, for the tests that check the method.
 
 Given each sequence's log-probs, reward, verdicts and truncation, ``expected`` returns which samples an
 optimizer selects and every sequence's coefficient g_i = ρ_l · ∂L/∂log π_w(a_i) (ρ_l the task weight),
 computed from the formulas with loops over floats. Nothing here calls trainer/ (no selection helper, no
 loss, no private function): a test that compares the trainer's parameter gradient with
 Σ_i g_i ∇_w log π_w(a_i) checks the method, not the code against itself. Ties go to the lowest index,
-as SPEC §4's masked arg-max/min do.
+as docs/method.md §4's masked arg-max/min do.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Expected:
 
 
 def status(seq: Seq, on_judge_error: str, on_truncation: str) -> str:
-    """"feasible", "infeasible" or "masked" (SPEC §2 [ours]: error is never a pass)."""
+    """"feasible", "infeasible" or "masked" (docs/method.md §2 [ours]: error is never a pass)."""
     errored = any(v == "error" for v in seq.verdicts.values())
     if errored and on_judge_error == "mask" or seq.truncated and on_truncation == "mask":
         return "masked"

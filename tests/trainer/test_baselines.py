@@ -1,4 +1,4 @@
-"""Baselines ā (SPEC §3): kept exactly as π_ref drew them, judged with retries, cached under a fingerprint."""
+"""Baselines ā (docs/method.md §3): kept exactly as π_ref drew them, judged with retries, cached under a fingerprint."""
 
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ def run_config(tmp_path: Path, **task_fields):
 
 
 def prepare(config, prompts, tokenizer, engine, judges, logs=None):
-    return B.prepare_baselines(config.tasks[0], prompts, tokenizer, engine, Services(judges), asyncio.run, config,
+    sources = B.Sources(tokenizer, engine, Services(judges), asyncio.run)
+    return B.prepare_baselines(config.tasks[0], prompts, sources, config,
                                log=(logs.append if logs is not None else lambda _: None))
 
 
@@ -84,8 +85,8 @@ def test_a_sampled_baseline_keeps_the_ids_pi_ref_drew_and_no_eos_it_did_not_draw
     eos = tokenizer.eos_token_id
     config = run_config(tmp_path)
     cache = prepare(config, PROMPTS, tokenizer, Engine(eos, finished), Judges("pass"))
-    assert cache["a"]["ids"] == [300, 301, 302] + ([eos] if finished else [])
-    assert cache["a"]["finished"] is finished and cache["a"]["text"] == "sample 0"
+    assert cache["a"].ids == [300, 301, 302] + ([eos] if finished else [])
+    assert cache["a"].finished is finished and cache["a"].text == "sample 0"
     for rule, usable in (("keep", True), ("violation", finished), ("mask", finished)):
         task = run_config(tmp_path, on_truncation=rule).tasks[0]
         assert B.baseline_feasible(task, cache["a"]) is usable
@@ -94,15 +95,15 @@ def test_a_sampled_baseline_keeps_the_ids_pi_ref_drew_and_no_eos_it_did_not_draw
 def test_a_dataset_baseline_is_a_finished_response(tmp_path, tokenizer):
     config = run_config(tmp_path)
     cache = prepare(config, [Prompt("c", "Say hi.", baseline="Hi there.")], tokenizer, Engine(0), Judges("pass"))
-    assert cache["c"]["ids"] == tokenizer("Hi there.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    assert cache["c"]["finished"] is True
+    assert cache["c"].ids == tokenizer("Hi there.", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert cache["c"].finished is True
 
 
 def test_a_judge_error_is_retried_and_never_stored_as_a_fail(tmp_path, tokenizer):
     config = run_config(tmp_path)
     judges = Judges("error", "error", "pass")
     cache = prepare(config, PROMPTS, tokenizer, Engine(2), judges)
-    assert len(judges.requests) == 3 and cache["a"]["verdicts"] == {"instructions": "pass"}
+    assert len(judges.requests) == 3 and cache["a"].verdicts == {"instructions": "pass"}
     assert B.baseline_feasible(config.tasks[0], cache["a"])
 
     other = run_config(tmp_path / "other")
@@ -119,7 +120,7 @@ def test_a_judge_error_is_retried_and_never_stored_as_a_fail(tmp_path, tokenizer
     # the next run asks again, and the judge now answers
     judges = Judges("pass")
     cache = prepare(other, PROMPTS, tokenizer, Engine(2), judges, logs)
-    assert len(judges.requests) == 1 and cache["b"]["verdicts"] == {"instructions": "pass"}
+    assert len(judges.requests) == 1 and cache["b"].verdicts == {"instructions": "pass"}
     assert "feasible 100%, judge errors 0%" in logs[-1]
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import free_port
-from tests.trainer.test_loop import world, write_config  # noqa: F401 - the fixture is used by name
+from tests.worlds import write_config
 from tests.trainer.test_method import (
     PROMPT,
     assert_same_gradient,
@@ -21,8 +21,8 @@ from tests.trainer.test_method import (
     make_task,
     method_of,
     responses,
-    tiny_pair,
 )
+from tests.tiny_models import tiny_pair
 from cgpo.trainer.config import load_config
 from cgpo.trainer.distributed import Dist
 from cgpo.trainer.loop import train
@@ -43,7 +43,7 @@ def metrics(directory: Path) -> list[dict[str, float]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["crraft", "codpo"])
-def test_two_ranks_match_one_process_on_the_same_data(world, subprocess_env, optimizer):  # noqa: F811
+def test_two_ranks_match_one_process_on_the_same_data(world, subprocess_env, optimizer):
     # batch_size 5 splits 3 + 2: uneven shards; CRRAFT also trains on baselines, CODPO on pairs
     config = write_config(world, f"dp-{optimizer}", optimizer, lr=1e-2, steps=3, eval_every=2)
     overrides = ["tasks.lower.batch_size=5"]
@@ -51,8 +51,8 @@ def test_two_ranks_match_one_process_on_the_same_data(world, subprocess_env, opt
                    log=lambda _: None)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(subprocess_env, OMP_NUM_THREADS="1")
-    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "cgpo.trainer",
-                           str(config), *overrides, f"output_dir={world}/dp-{optimizer}-ranks"],
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()),
+                           "-m", "cgpo.trainer", str(config), *overrides, f"output_dir={world}/dp-{optimizer}-ranks"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]  # a divergence of the replicas would have raised
     ranks = metrics(world / f"dp-{optimizer}-ranks")

@@ -3,59 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.tiny_models import build_model, build_tokenizer, save_tiny_model
+from tests.worlds import LOWERCASE, write_config
 from cgpo.trainer.config import load_config
 from cgpo.trainer.loop import train
 
-LOWERCASE = {"instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    """A random tiny policy, a random tiny RM, and prompts whose judge wants an all-lowercase answer."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("world")
-    tok = build_tokenizer()
-    save_tiny_model(root / "policy", tokenizer=tok,
-                    model=build_model(tok, hidden_size=64, num_heads=2, initializer_range=0.2))
-    save_tiny_model(root / "rm", tokenizer=tok,
-                    model=build_model(tok, kind="sequence-classification", hidden_size=64, num_heads=2))
-    for name, topics in (("prompts", ["the sea", "a bicycle", "Rome", "bread", "a poem", "the moon", "math",
-                                      "elections"]), ("eval", ["a cat", "music", "rain", "trees"])):
-        lines = [json.dumps({"prompt": f"Write about {t} in lowercase.", "metadata": LOWERCASE}) for t in topics]
-        (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def write_config(world: Path, out: str, optimizer: str = "crpg", lr: float = 3e-3, **extra: object) -> Path:
-    """A run on the tiny world; its 8-token responses are fragments, judged as they are (``keep``)."""
-    lines = "\n".join(f"{k}: {v}" for k, v in extra.items())
-    path = world / f"{out}.yaml"
-    path.write_text(f"""
-policy: {world}/policy
-steps: 15
-output_dir: {world}/{out}
-generation: {{max_new_tokens: 8}}
-optim: {{lr: {lr}, micro_batch_size: 16}}
-{lines}
-tasks:
-  - name: lower
-    prompts: {world}/prompts.jsonl
-    eval_prompts: {world}/eval.jsonl
-    reward_model: {{embedded: {world}/rm}}
-    judges: [instructions]
-    optimizer: {optimizer}
-    k: 8
-    batch_size: 4
-    kl_max: 100
-    on_truncation: keep
-""")
-    return path
 
 
 @pytest.mark.parametrize("optimizer, lr", [("crpg", 3e-3), ("crraft", 1e-2)])
@@ -135,10 +91,10 @@ def test_a_run_that_crashed_after_a_checkpoint_resumes_exactly_without_duplicate
     config = write_config(world, f"crashed-{schedule}", steps=6, eval_every=3)
     real_step = loop_module.train_step
 
-    def crash_in_step_6(config, step, *args, **kwargs):
+    def crash_in_step_6(run, step):
         if step == 5:
             raise RuntimeError("the machine went away")
-        return real_step(config, step, *args, **kwargs)
+        return real_step(run, step)
 
     monkeypatch.setattr(loop_module, "train_step", crash_in_step_6)
     with pytest.raises(RuntimeError, match="went away"):
@@ -199,7 +155,7 @@ def test_the_held_out_kl_estimates_kl_on_samples_at_the_training_temperature(wor
 
 
 def test_the_monitor_warns_and_with_action_stop_ends_the_run_at_a_checkpoint(world, monkeypatch):
-    import cgpo.trainer.loop as loop_module
+    import cgpo.trainer.setup as setup_module
     from cgpo.trainer.monitor import Alert
 
     class FiresAtStep2:
@@ -213,7 +169,7 @@ def test_the_monitor_warns_and_with_action_stop_ends_the_run_at_a_checkpoint(wor
                 return {}, []
             return {"lower/hacking_score": 0.9}, [Alert("lower", "instructions", "train", 1, 2, 2, 0.9, 0.95, -0.9)]
 
-    monkeypatch.setattr(loop_module, "HackingMonitor", FiresAtStep2)
+    monkeypatch.setattr(setup_module, "HackingMonitor", FiresAtStep2)
     for action, steps in (("warn", [1, 2, 3, 4]), ("stop", [1, 2])):
         logs: list[str] = []
         records = train(load_config(write_config(world, f"monitor-{action}", steps=4), [f"monitor.action={action}"]),

@@ -1,4 +1,4 @@
-"""Invariants of the CGPO selection rules and losses (SPEC §4): masking, gradient signs,
+"""Invariants of the CGPO selection rules and losses (docs/method.md §4): masking, gradient signs,
 edge cases, hand-computed 2-sample cases, and seeded random property checks."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The update follows the method (SPEC §4), checked on small hand-built batches.
+"""The update follows the method (docs/method.md §4), checked on small hand-built batches.
 
 Each test states the selection the method makes on its batch by hand, checks the plain-Python restatement
-of SPEC §4 (tests/trainer/method.py) agrees, and then compares the parameter gradient that
+of docs/method.md §4 (tests/trainer/method.py) agrees, and then compares the parameter gradient that
 ``task_update`` accumulates with Σ_i g_i ∇_w log π_w(a_i), where g_i comes from that restatement and
 log π_w from a direct forward pass written here. No helper of trainer/ computes any expected value.
 """
@@ -21,24 +21,6 @@ from cgpo.trainer.scoring import TaskScores
 from cgpo.trainer.step import TaskBatch, task_update
 
 PROMPT = [1, 40, 41, 42, 43]
-
-
-def tiny_pair():
-    """A tiny policy and its π_ref, the same in every process that builds them."""
-    tokenizer = build_tokenizer()
-    reference = build_model(tokenizer, hidden_size=32, num_heads=2, seed=1)
-    policy = build_model(tokenizer, hidden_size=32, num_heads=2, seed=1)
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():  # the policy has moved away from π_ref: ρ differs from sequence to sequence
-        for p in policy.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return policy, reference
-
-
-@pytest.fixture(scope="module")
-def models():
-    torch.set_num_threads(1)
-    return tiny_pair()
 
 
 def logprob(model, prompt: list[int], response: list[int]) -> torch.Tensor:

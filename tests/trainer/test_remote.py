@@ -6,13 +6,13 @@ import pytest
 
 from tests.conftest import free_port
 from tests.procs import answers_200, spawn, stop, wait_until
-from tests.trainer.test_loop import world, write_config  # noqa: F401 - the fixture is used by name
+from tests.worlds import write_config
 from cgpo.trainer.config import load_config
 from cgpo.trainer.loop import train
 
 
 @pytest.mark.slow
-def test_training_against_remote_services_matches_embedded(world, redis_url, subprocess_env):  # noqa: F811
+def test_training_against_remote_services_matches_embedded(world, redis_url, subprocess_env):
     env = dict(subprocess_env, CGPO_REDIS_URL=redis_url, CGPO_LOG_LEVEL="warning",
                CGPO_JUDGES_ENABLED="instructions", CGPO_RM_MODELS=f"helpful={world}/rm")
     judges_port, rm_port = free_port(), free_port()
@@ -20,7 +20,7 @@ def test_training_against_remote_services_matches_embedded(world, redis_url, sub
              spawn(["rm", "serve", "--port", str(rm_port)], env), spawn(["rm", "worker"], env)]
     try:
         for port in (judges_port, rm_port):
-            wait_until(lambda: answers_200(f"http://127.0.0.1:{port}/readyz"), 90, f"service on {port}")
+            wait_until(lambda port=port: answers_200(f"http://127.0.0.1:{port}/readyz"), 90, f"service on {port}")
         embedded = train(load_config(write_config(world, "embedded", steps=4)), resume=False, log=lambda _: None)
         remote_config = load_config(write_config(world, "remote", steps=4), [
             f"tasks.lower.reward_model={{url: 'http://127.0.0.1:{rm_port}', model: helpful}}",

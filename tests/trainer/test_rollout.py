@@ -176,3 +176,15 @@ def test_hashed_gumbel_draws_follow_the_distribution():
     first, second = gumbel_argmax(logq, keys, 0), gumbel_argmax(logq, keys, 1)
     agree = (first == second).double().mean().item()  # successive steps are independent draws
     assert abs(agree - (probs.double() ** 2).sum().item()) < 0.02
+
+
+def test_the_engine_implements_the_protocol_and_switches_settings_on_the_same_weights(model, tokenizer):
+    generation = GenerationConfig(max_new_tokens=4)
+    engine = HFRollout(model, tokenizer, generation)
+    assert isinstance(engine, RolloutEngine)
+    greedy = engine.with_generation(GenerationConfig(max_new_tokens=4, temperature=0.0))
+    assert greedy.model is model and greedy.config.temperature == 0.0 and engine.config == generation
+    assert engine.with_generation(generation) is engine
+    engine.sync_weights(model)  # it samples from the policy itself: nothing to copy
+    with pytest.raises(ValueError, match="policy it was built on"):
+        engine.sync_weights(object())

@@ -5,7 +5,7 @@ import pytest
 
 from cgpo.trainer.config import ServiceRef, TaskConfig
 from cgpo.trainer.data import Prompt
-from cgpo.trainer.scoring import ScoringError, Services, score_tasks
+from cgpo.trainer.scoring import ScoringError, ScoringWork, Services, score_tasks
 from tests.rm.conftest import tiny_rm
 
 
@@ -25,8 +25,8 @@ def test_all_tasks_are_scored_concurrently_with_verdicts_and_calibrated_rewards(
     async def scenario():
         async with Services([math_task, chat_task]) as services:
             return await score_tasks(services, {
-                "math": (math_task, prompts, texts, index, baselines),
-                "chat": (chat_task, prompts[:1], ["Hello!"], [0], ["Hi."]),
+                "math": ScoringWork(math_task, prompts, texts, index, baselines),
+                "chat": ScoringWork(chat_task, prompts[:1], ["Hello!"], [0], ["Hi."]),
             })
 
     out = asyncio.run(scenario())
@@ -46,10 +46,36 @@ def test_an_unreachable_service_stops_scoring_with_a_clear_error(rm_dir):
     async def scenario():
         async with Services([task]) as services:
             services.reward_model(task)[0].max_retries = 1
-            return await score_tasks(services, {"math": (task, [Prompt("a", "q", {"answer": "1"})], ["x"], [0],
-                                                         ["1"])})
+            return await score_tasks(services, {"math": ScoringWork(task, [Prompt("a", "q", {"answer": "1"})], ["x"],
+                                                                    [0], ["1"])})
 
     with pytest.raises(ScoringError, match="math.*ServiceUnavailableError"):
+        asyncio.run(scenario())
+
+
+def test_an_item_the_reward_model_could_not_score_stops_scoring_with_a_clear_error(rm_dir):
+    from cgpo.services.common.errors import ServiceError
+    from cgpo.services.common.schemas import ScoreResult
+
+    task = TaskConfig(name="chat", prompts="-", reward_model=ServiceRef(embedded=rm_dir), judges=[])
+
+    class NotServed(ServiceError):
+        status, code = 404, "unknown_model"
+
+    async def scenario():
+        async with Services([task]) as services:
+            client = services.reward_model(task)[0]
+            real = client.score
+
+            async def one_unscored(model, items):
+                results = await real(model, items)
+                return [results[0], ScoreResult.unscored(NotServed("no model 'x'")), *results[2:]]
+
+            client.score = one_unscored
+            return await score_tasks(services, {"chat": ScoringWork(task, [Prompt("a", "q")], ["x", "y", "z"],
+                                                                    [0, 0, 0], ["b"])})
+
+    with pytest.raises(ScoringError, match="chat.*could not score an item: unknown_model: no model 'x'"):
         asyncio.run(scenario())
 
 
@@ -71,7 +97,7 @@ def test_a_large_batch_reaches_the_reward_model_in_bounded_requests_in_order(rm_
                 return await score(model, items, **kwargs)
 
             client.score = counted
-            whole = await score_tasks(services, {"chat": (task, prompts, texts, list(range(len(prompts))),
+            whole = await score_tasks(services, {"chat": ScoringWork(task, prompts, texts, list(range(len(prompts))),
                                                           ["Fine."] * len(prompts))})
             one_by_one = [await score(services.reward_model(task)[1], [
                 {"prompt": p.text, "response": t, "baseline": "Fine."}]) for p, t in zip(prompts[:3], texts[:3])]
@@ -101,7 +127,8 @@ def test_a_chat_prompt_reaches_judges_and_reward_model_with_every_turn(rm_dir):
                 return await judge(items, **kwargs)
 
             client.judge = spy
-            return await score_tasks(services, {"math": (task, [prompt], ["The final answer is 4."], [0], ["4."])})
+            work = ScoringWork(task, [prompt], ["The final answer is 4."], [0], ["4."])
+            return await score_tasks(services, {"math": work})
 
     scores = asyncio.run(scenario())["math"]
     assert seen[0]["prompt"] == "And 2+2?"  # the last user turn, as before

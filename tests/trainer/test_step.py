@@ -1,4 +1,4 @@
-"""The two-pass, micro-batched update is the gradient of ρ_l · L as the method defines L (SPEC §4),
+"""The two-pass, micro-batched update is the gradient of ρ_l · L as the method defines L (docs/method.md §4),
 on seeded random batches with judge errors and truncated responses, for every optimizer and rule."""
 
 from __future__ import annotations
@@ -7,14 +7,13 @@ import random
 
 import pytest
 
-from tests.trainer.test_method import (  # noqa: F401 - the fixture is used by name
+from tests.trainer.test_method import (
     PROMPT,
     assert_same_gradient,
     expected_grads,
     make_batch,
     make_task,
     method_of,
-    models,
 )
 from cgpo.trainer.step import TaskBatch, task_update
 
@@ -43,7 +42,8 @@ def test_two_pass_update_is_the_methods_gradient(models, optimizer, rules):
     policy.zero_grad()
     metrics, times = task_update(policy, reference, batch, temperature=1.0, micro_batch_size=2)
     assert_same_gradient([p.grad for p in policy.parameters()], want)
-    assert {"loss", "kl", "reward", "judge/j/pass_rate", "used_fraction", "truncated_rate", "masked_rate"} <= set(metrics)
+    assert {"loss", "kl", "reward", "judge/j/pass_rate", "used_fraction", "truncated_rate",
+            "masked_rate"} <= set(metrics)
     assert set(times) == {"logprobs", "backward"} and all(v > 0 for v in times.values())
 
 

@@ -73,7 +73,7 @@ def run_vllm(model_dir: str, out_path: str) -> None:
     stop_prompt, _ = stop_prompt_and_token(tokenizer)
     batch = prompts(tokenizer) + [stop_prompt]
     sampling = GenerationConfig(engine="vllm", temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS)
-    greedy = dataclasses.replace(sampling, top_p=1e-6)  # the nucleus is the top token alone
+    greedy = sampling.model_copy(update={"top_p": 1e-6})  # the nucleus is the top token alone
 
     rollout = VLLMRollout(model_dir, tokenizer, sampling, **ENGINE)
     result = {"eos_ids": sorted(rollout.eos_ids)}

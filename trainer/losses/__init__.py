@@ -1,4 +1,4 @@
-"""The three constrained optimizers' selection rules and losses (SPEC §4).
+"""The three constrained optimizers' selection rules and losses (docs/method.md §4).
 
 Each loss is a pure function of sequence-level tensors that returns a NamedTuple whose
 first field ``loss`` is the scalar to backpropagate; the other fields are detached stats.

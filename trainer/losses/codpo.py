@@ -1,4 +1,4 @@
-"""CODPO — Constrained Online DPO (SPEC §4; Xu et al. 2024, arXiv 2409.20370).
+"""CODPO — Constrained Online DPO (docs/method.md §4; Xu et al. 2024, arXiv 2409.20370).
 
 Per prompt, one preference pair built from its K rollouts by the judges: the best feasible
 sample is preferred to the worst infeasible one, then a DPO loss plus a length-normalised
@@ -41,7 +41,7 @@ class CODPOLoss(NamedTuple):
 
 
 def codpo_select(reward: Tensor, feasible: Tensor, include: Tensor | None = None) -> CODPOSelection:
-    """Pick one (a⁺, a⁻) pair per prompt from its K samples (SPEC §4, CODPO).
+    """Pick one (a⁺, a⁻) pair per prompt from its K samples (docs/method.md §4, CODPO).
 
     Only the included samples take part: a masked sample (``include`` False, e.g. a judge answered
     ``error``) is never a⁺ nor a⁻. a⁺ = argmax of r over the included feasible samples; a⁻ = argmin
@@ -83,7 +83,7 @@ def codpo_loss(
     beta: float,
     lam: float,
 ) -> CODPOLoss:
-    r"""The CODPO loss over the M valid prompts of one task (SPEC §4, CODPO).
+    r"""The CODPO loss over the M valid prompts of one task (docs/method.md §4, CODPO).
 
     .. math::
 

@@ -1,4 +1,4 @@
-"""CRPG — Calibrated-Regularized Policy Gradient (SPEC §4; Xu et al. 2024, arXiv 2409.20370).
+"""CRPG — Calibrated-Regularized Policy Gradient (docs/method.md §4; Xu et al. 2024, arXiv 2409.20370).
 
 A REINFORCE step on the calibrated reward of feasible samples, clipped linearly by the
 sequence log-ratio and centred by the batch mean. Infeasible samples score 0, so whenever
@@ -36,7 +36,7 @@ def crpg_loss(
     feasible: Tensor,
     kl_max: float,
 ) -> CRPGLoss:
-    r"""The CRPG loss over N = B·K samples of one task (SPEC §4, CRPG).
+    r"""The CRPG loss over N = B·K samples of one task (docs/method.md §4, CRPG).
 
     .. math::
 
@@ -65,7 +65,7 @@ def crpg_loss(
     check_finite(reward=reward, baseline_reward=baseline_reward)
     if not kl_max > 0:
         raise ValueError(f"kl_max must be > 0, got {kl_max}")
-    log_ratio = logp.detach() - ref_logp.detach()  # (N,) ρ, no gradient (SPEC §4)
+    log_ratio = logp.detach() - ref_logp.detach()  # (N,) ρ, no gradient (docs/method.md §4)
     calibrated = torch.sigmoid(reward.detach() - baseline_reward.detach())  # (N,) in (0, 1)
     constrained = torch.where(feasible, calibrated, 0.0)  # (N,) y · R_calib
     clipped_reward = (1 - log_ratio / kl_max).clamp(min=0) * constrained  # (N,) R̃_cr

@@ -1,4 +1,4 @@
-"""CRRAFT — Calibrated-Regularized Reward-Ranking Fine-Tuning (SPEC §4; Xu et al. 2024, arXiv 2409.20370).
+"""CRRAFT — Calibrated-Regularized Reward-Ranking Fine-Tuning (docs/method.md §4; Xu et al. 2024, arXiv 2409.20370).
 
 Per prompt, the best rollout that passes every judge and stays within KL_max of π_ref is
 fine-tuned on, weighted by its calibrated reward; when none qualifies the prompt's baseline
@@ -46,7 +46,7 @@ def crraft_select(
     baseline_feasible: Tensor,
     include: Tensor | None = None,
 ) -> CRRAFTSelection:
-    """Pick at most one response per prompt to fine-tune on (SPEC §4, CRRAFT).
+    """Pick at most one response per prompt to fine-tune on (docs/method.md §4, CRRAFT).
 
     Kept samples: included, y = 1 and ρ ≤ KL_max (inclusive); a masked sample (``include`` False,
     e.g. a judge answered ``error``) is never kept. a* = argmax of r over the kept samples,
@@ -83,7 +83,7 @@ def crraft_select(
 
 
 def crraft_loss(logp: Tensor, weight: Tensor) -> CRRAFTLoss:
-    r"""The CRRAFT loss over the M valid prompts of one task (SPEC §4, CRRAFT).
+    r"""The CRRAFT loss over the M valid prompts of one task (docs/method.md §4, CRRAFT).
 
     .. math::
 

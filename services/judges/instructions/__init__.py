@@ -1,4 +1,4 @@
-"""The ``instructions`` judge: IFEval's 25 verifiable instruction types (SPEC §2).
+"""The ``instructions`` judge: IFEval's 25 verifiable instruction types (docs/method.md §2).
 
 Modules, by concern:
 

@@ -1,4 +1,4 @@
-"""The ``instructions`` judge: precise instruction following, IFEval's 25 types (SPEC §2).
+"""The ``instructions`` judge: precise instruction following, IFEval's 25 types (docs/method.md §2).
 
 A response passes iff it follows every instruction in
 ``metadata.instruction_id_list``. Two modes, as in IFEval:

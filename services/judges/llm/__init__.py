@@ -1,4 +1,4 @@
-"""LLM judges (false refusal, factuality, safety): compare two next-token probabilities (SPEC §2).
+"""LLM judges (false refusal, factuality, safety): compare two next-token probabilities (docs/method.md §2).
 
 Importing this package loads no torch, transformers or vllm: backends import them when they load.
 """

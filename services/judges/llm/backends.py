@@ -1,4 +1,4 @@
-"""Backends that read next-token log-probabilities of label tokens (SPEC §2: judges read, not sample).
+"""Backends that read next-token log-probabilities of label tokens (docs/method.md §2: judges read, not sample).
 
 A backend takes already-encoded prompts (token ids, so every backend sees the
 same input, chat template and BOS included) and, per prompt, a (positive,
@@ -121,7 +121,7 @@ class HFBackend(Backend):
         default_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         dtype = getattr(torch, self.dtype) if self.dtype else default_dtype
         kwargs = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
-        from cgpo.services.common.models import resolve_model
+        from cgpo.modelfiles import resolve_model
 
         path = resolve_model(self.model_name)  # a GGUF file is converted once and cached
         self._tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -220,7 +220,7 @@ class VLLMBackend(Backend):
 
         if not hasattr(SamplingParams(), "logprob_token_ids"):
             raise RuntimeError(f"vLLM {__version__} has no SamplingParams.logprob_token_ids; install a newer vLLM")
-        from cgpo.services.common.models import resolve_model
+        from cgpo.modelfiles import resolve_model
 
         self._llm = LLM(model=resolve_model(self.model_name), logprobs_mode="raw_logprobs", **self.engine_kwargs)
         self._tokenizer = self._llm.get_tokenizer()

@@ -1,4 +1,4 @@
-"""LLM judges: a template, a backend, and a comparison of two next-token probabilities (SPEC §2).
+"""LLM judges: a template, a backend, and a comparison of two next-token probabilities (docs/method.md §2).
 
 The judge renders each sample into the template, wraps it in the model's chat
 template, and asks the backend for log P(positive) and log P(negative) of the

@@ -1,4 +1,4 @@
-"""Judge prompt templates: the text an LLM judge reads and the two tokens it compares (SPEC §2).
+"""Judge prompt templates: the text an LLM judge reads and the two tokens it compares (docs/method.md §2).
 
 A template is filled from a sample (``{prompt}``, ``{response}``) and the prompt's
 metadata (``{answer}``, ``{categories}``, ...), wrapped in the model's chat

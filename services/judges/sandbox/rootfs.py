@@ -232,7 +232,9 @@ def _cover_sockets(libc, sockets: list[str]) -> int:
 
 
 def _mount(libc, source, target, fstype, flags: int, options: bytes | None = None) -> None:
-    encode = (lambda v: v.encode() if isinstance(v, str) else v)
+    def encode(v):
+        return v.encode() if isinstance(v, str) else v
+
     if libc.mount(encode(source), encode(target), encode(fstype), flags, options) != 0:
         errno = ctypes.get_errno()
         raise SandboxError(f"mount {source!r} on {target!r} failed (errno {errno}): "

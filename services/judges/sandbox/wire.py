@@ -48,8 +48,8 @@ if __package__:
 else:  # a plain sibling module inside the zygote
     from names import PLAIN_TYPE_NAMES, PLAIN_TYPES, is_plain_type, standard_module, standard_name, standard_object
 
-__all__ = ["MAX_DEPTH", "MAX_FRAME_BYTES", "MAX_NODES", "PLAIN_TYPE_NAMES", "PLAIN_TYPES", "Decoder", "Encoder", "FrameReader",
-           "WireError", "is_plain_type", "send", "standard_module", "standard_name", "standard_object"]
+__all__ = ["MAX_DEPTH", "MAX_FRAME_BYTES", "MAX_NODES", "PLAIN_TYPE_NAMES", "PLAIN_TYPES", "Decoder", "Encoder",
+           "FrameReader", "WireError", "is_plain_type", "send", "standard_module", "standard_name", "standard_object"]
 
 MAX_FRAME_BYTES = 16 << 20
 MAX_DEPTH = 100

@@ -14,6 +14,9 @@ The cache is ``$CGPO_CACHE_DIR/models`` (default ``~/.cache/cgpo/models``); an e
 file and a hash of its size, modification time and first MiB, and is written to a temporary directory
 and renamed, so an interrupted conversion leaves nothing half-written behind. ``cgpo model convert``
 does the same from the command line and prints the directory.
+
+It sits at the top of the package, below the services and the trainer alike, since all of them load
+models and none should reach into another's package for it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import os
 import shutil
 from pathlib import Path
 
+from cgpo.services.common.settings import CacheSettings
+
 PACKAGE_PREFIX = "package:"
 
 
@@ -32,7 +37,7 @@ class ModelPathError(ValueError):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("CGPO_CACHE_DIR") or Path.home() / ".cache" / "cgpo") / "models"
+    return Path(CacheSettings.from_env().cache_dir).expanduser() / "models"
 
 
 def locate(spec: str) -> Path | None:

