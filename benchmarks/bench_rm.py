@@ -54,6 +54,7 @@ from benchmarks.stack import CpuMeter, Stack, closed_loop, service_env  # noqa: 
 MODEL_NAME = "bench"
 NAIVE_PATH_ENV = "BENCH_RM_NAIVE_MODEL"
 NAIVE_DTYPE_ENV = "BENCH_RM_NAIVE_DTYPE"
+NAIVE_DEVICE_ENV = "BENCH_RM_NAIVE_DEVICE"
 
 
 # ---------------------------------------------------------------- the naive per-request server
@@ -64,16 +65,18 @@ def naive_app() -> Any:
     forward right in the request handler, so requests are scored one at a time, never batched together.
 
     Started as ``uvicorn benchmarks.bench_rm:naive_app --factory`` with the model directory in
-    ``$BENCH_RM_NAIVE_MODEL``.
+    ``$BENCH_RM_NAIVE_MODEL`` (and optionally ``$BENCH_RM_NAIVE_DTYPE``, ``$BENCH_RM_NAIVE_DEVICE``:
+    float32 on the CPU by default).
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = os.environ[NAIVE_PATH_ENV]
     dtype = getattr(torch, os.environ.get(NAIVE_DTYPE_ENV, "float32"))
+    device = os.environ.get(NAIVE_DEVICE_ENV, "cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype).to(device).eval()
     app = FastAPI()
 
     @app.get("/readyz")
@@ -83,7 +86,7 @@ def naive_app() -> Any:
     @app.post("/get_reward")
     async def get_reward(request: Request) -> dict[str, Any]:
         data = await request.json()
-        batch = tokenizer(data["query"], padding=True, return_tensors="pt")
+        batch = tokenizer(data["query"], padding=True, return_tensors="pt").to(device)
         with torch.inference_mode():
             rewards = model(**batch).logits[:, 0].float().tolist()
         return {"rewards": rewards, "scores": rewards}
@@ -223,7 +226,7 @@ class Runner:
         return service_env(CGPO_BATCH_MAX_ITEMS=str(a.batch_max_items), CGPO_BATCH_MAX_WAIT_MS=str(a.batch_max_wait_ms),
                            CGPO_RM_MAX_BATCH_TOKENS=str(a.max_batch_tokens), CGPO_RM_DEVICE=a.device,
                            CGPO_RM_DTYPE=a.dtype, CGPO_REQUEST_TIMEOUT_S="1800", OMP_NUM_THREADS=str(a.threads),
-                           **{NAIVE_DTYPE_ENV: a.dtype})
+                           **{NAIVE_DTYPE_ENV: a.dtype, NAIVE_DEVICE_ENV: a.device})
 
     def stack(self, mode: str) -> Stack:
         """``naive``, ``embedded`` or ``queue`` (the gateway runs no model there: one torch thread)."""

@@ -46,7 +46,9 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 def service_env(**extra: str) -> dict[str, str]:
     """This environment without any ``CGPO_*`` variable, with the repository importable, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CGPO_")}
-    env.update(PYTHONPATH=str(REPO), CGPO_LOG_LEVEL="warning")
+    # An installed cgpo (a --target install on a bare GPU machine) stays ahead of the checkout's folder.
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
+    env.update(PYTHONPATH=os.pathsep.join([*paths, str(REPO)]), CGPO_LOG_LEVEL="warning")
     env.update(extra)
     return env
 
