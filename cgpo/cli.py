@@ -70,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML run config")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-5 tasks.math.k=8")
     train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    plan = sub.add_parser("plan", help="the GPU memory a run config needs per GPU: exit 0 if it fits, 1 if not")
+    plan.add_argument("config", help="YAML run config")
+    plan.add_argument("overrides", nargs="*", help="key=value overrides, e.g. precision=bf16 optim.micro_batch_size=4")
+    plan.add_argument("--gpus", type=int, required=True, help="GPUs the run trains on")
+    plan.add_argument("--gpu-memory", type=float, required=True, metavar="GB", help="memory of one GPU (10^9 bytes)")
+    plan.add_argument("--parallel", choices=("ddp", "fsdp"), default=None, help="default: the config's parallel")
+    plan.add_argument("--lora-r", type=int, default=None, metavar="R", help="train LoRA adapters of rank R")
+    plan.add_argument("--lora-targets", default=None,
+                      help="comma-separated linears LoRA adapts (default: every attention and MLP projection)")
+    plan.add_argument("--activation-checkpointing", action="store_true", help="recompute each layer in the backward")
+    plan.add_argument("--model-config", default=None, metavar="PATH_OR_NAME",
+                      help="a config.json, a model directory or a built-in architecture (smollm2-135m, llama-3.2-1b, "
+                           "llama-3.2-3b, llama-3.1-8b, llama-3.1-70b); default: the config's policy")
+    plan.add_argument("--prompt-tokens", type=int, default=512, help="longest prompt, in tokens (default: 512)")
+    plan.add_argument("--row", action="store_true", help="print one markdown table row, to compare plans")
+    plan.add_argument("--no-header", action="store_true", help="with --row: the row alone")
     warm = sub.add_parser("warmup", help="DPO warm-up of a policy on preference JSONL (CGPO's starting point)")
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint on the tasks' eval prompts")
     evaluate.add_argument("config")
@@ -164,6 +180,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _model(args)
     if args.command == "ifeval":
         return _ifeval(args)
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "demo":
         return _demo(args)
     die(f"unknown command {args.command!r}")
@@ -262,6 +280,26 @@ def _train(args: argparse.Namespace) -> int:
         die(str(exc))
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """``cgpo plan``: the memory plan of a run config (trainer/plan.py); exit status 1 when it does not fit."""
+    from cgpo.modelfiles import ModelPathError
+    from cgpo.trainer import plan
+    from cgpo.trainer.config import ConfigError, load_config
+
+    targets = plan.LORA_TARGETS if args.lora_targets is None else tuple(
+        t.strip() for t in args.lora_targets.split(",") if t.strip())
+    try:
+        config = load_config(args.config, args.overrides)
+        setup = plan.Setup.from_run(config, gpus=args.gpus, gpu_memory=args.gpu_memory, parallel=args.parallel,
+                                    checkpointing=args.activation_checkpointing, prompt_tokens=args.prompt_tokens,
+                                    lora_r=args.lora_r, lora_targets=targets)
+        result = plan.plan(plan.architecture(args.model_config, config.policy), setup)
+    except (ConfigError, ModelPathError, plan.PlanError, OSError) as exc:
+        die(str(exc))
+    print(plan.format_row(result, header=not args.no_header) if args.row else plan.format_table(result))
+    return 0 if result.fits else 1
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 
 from cgpo.trainer.config import RunConfig, TaskConfig
 from cgpo.trainer.data import Prompt, render
-from cgpo.trainer.rollout import RolloutEngine
+from cgpo.trainer.rollout import RolloutEngine, Rollouts
 from cgpo.trainer.scoring import Services, judge_item
 
 JUDGE_ATTEMPTS = 3
@@ -111,6 +111,9 @@ class Sources:
     engine: RolloutEngine
     services: Services
     run: Callable[[Any], Any]
+    main: bool = True
+    """This process judges and stores the baselines. Ranks of a sharded reference that only take their
+    part in sampling (``collective_engine``) are not main."""
 
 
 def prepare_baselines(task: TaskConfig, prompts: list[Prompt], sources: Sources, config: RunConfig,
@@ -123,6 +126,8 @@ def prepare_baselines(task: TaskConfig, prompts: list[Prompt], sources: Sources,
     unique = list({p.id: p for p in prompts}.values())
     missing = [p for p in unique if p.id not in cache]
     cache.update(_draw(missing, sources, config.seed))
+    if not sources.main:
+        return cache
     unjudged = [p for p in unique if cache[p.id].verdicts is None or cache[p.id].errored]
     if unjudged:
         verdicts = sources.run(judge_baselines(task, [(p, cache[p.id].text) for p in unjudged], sources.services))
@@ -137,6 +142,21 @@ def prepare_baselines(task: TaskConfig, prompts: list[Prompt], sources: Sources,
         f"{summary['feasible_rate']:.0%}, judge errors {summary['error_rate']:.0%}, cut at max_new_tokens "
         f"{summary['truncated_rate']:.0%}")
     return cache
+
+
+class ShardedEngine:
+    """Sampling from a sharded π_ref, which every rank must run: each rank draws its contiguous share of
+    the prompts (``lockstep`` engine) and every rank gets them all, exactly as one process draws them
+    (samples depend on the seed and the prompt's index only)."""
+
+    def __init__(self, engine: RolloutEngine, dist: Any) -> None:
+        self.engine, self.dist = engine, dist
+
+    def generate(self, prompt_ids: Any, k: int, seed: int, prompt_offset: int = 0) -> Rollouts:
+        first, stop = self.dist.shard(len(prompt_ids))
+        mine = self.engine.generate(prompt_ids[first:stop], k, seed, prompt_offset + first)
+        parts = self.dist.gather((first, mine))
+        return Rollouts.concat([p[1] for p in parts], [p[0] for p in parts])
 
 
 def _draw(prompts: list[Prompt], sources: Sources, seed: int) -> Baselines:

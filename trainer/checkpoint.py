@@ -22,19 +22,38 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     samplers: dict[str, Any]
+    sharded: bool = False
+    """The policy is sharded (FSDP2): its weights and optimizer state are gathered to save, on every rank."""
 
 
-def save_checkpoint(directory: Path, step: int, state: TrainState) -> None:
-    """Write ``state`` atomically: into ``directory.tmp``, then rename over ``directory``."""
+def save_checkpoint(directory: Path, step: int, state: TrainState, main: bool = True) -> None:
+    """Write ``state`` atomically: into ``directory.tmp``, then rename over ``directory``. A sharded
+    policy's weights and optimizer state are first gathered whole (every rank takes part); ``main``
+    writes."""
+    weights, optimizer = _full_state(state)
+    if not main:
+        return
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    state.policy.save_pretrained(tmp)
+    state.policy.save_pretrained(tmp, state_dict=weights)
     state.tokenizer.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+    torch.save({"step": step, "optimizer": optimizer, "scheduler": state.scheduler.state_dict(),
                 "samplers": {name: s.state_dict() for name, s in state.samplers.items()},
                 "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}, tmp / STATE_FILE)
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
+
+
+def _full_state(state: TrainState) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The policy's weights (None: its own state dict) and the optimizer's state, whole."""
+    if not state.sharded:
+        return None, state.optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (get_model_state_dict(state.policy, options=options),
+            get_optimizer_state_dict(state.policy, state.optimizer, options=options))
 
 
 def load_checkpoint(directory: Path, state: TrainState) -> int:
@@ -45,18 +64,32 @@ def load_checkpoint(directory: Path, state: TrainState) -> int:
     weights = {}
     for shard in sorted(directory.glob("*.safetensors")):
         weights.update(load_file(shard))
-    missing, unexpected = policy.load_state_dict(weights, strict=False)
-    if unexpected or [m for m in missing if not _tied(policy, m)]:
-        raise ValueError(f"checkpoint {directory} does not match the policy (missing {missing}, "
-                         f"unexpected {unexpected})")
+    if state.sharded:
+        _load_sharded(state, weights, torch.load(directory / STATE_FILE, weights_only=False)["optimizer"])
+    else:
+        missing, unexpected = policy.load_state_dict(weights, strict=False)
+        if unexpected or [m for m in missing if not _tied(policy, m)]:
+            raise ValueError(f"checkpoint {directory} does not match the policy (missing {missing}, "
+                             f"unexpected {unexpected})")
     saved = torch.load(directory / STATE_FILE, weights_only=False)
-    state.optimizer.load_state_dict(saved["optimizer"])
+    if not state.sharded:
+        state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
     for name, sampler in state.samplers.items():
         sampler.load_state_dict(saved["samplers"][name])
     random.setstate(saved["rng"]["python"])
     torch.set_rng_state(saved["rng"]["torch"])
     return int(saved["step"])
+
+
+def _load_sharded(state: TrainState, weights: dict[str, Any], optimizer: dict[str, Any]) -> None:
+    """Whole weights and optimizer state into a sharded policy: each rank keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(state.policy, weights, options=options)
+    set_optimizer_state_dict(state.policy, state.optimizer, optimizer, options=options)
 
 
 def _tied(model: Any, name: str) -> bool:

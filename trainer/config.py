@@ -249,6 +249,11 @@ class RunConfig(_Config):
     device: str = "auto"
     """Where the policy and reference run: ``auto`` (this rank's GPU when CUDA is available, else the
     CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Under ``torchrun``: ``ddp`` keeps a whole policy and reference on every rank and sums the gradients;
+    ``fsdp`` shards both with FSDP2 (``fully_shard``: each decoder layer and the root), so each rank holds
+    1/N of the parameters, gradients and AdamW state; with ``precision: bf16`` the policy computes in bf16
+    over fp32 master weights and the reference is held in bf16. One process: no difference."""
     unconstrained_baseline: bool = False
     """Ignore judges and per-task optimizers: RM-only policy gradient (the paper's PPO-style baseline).
     Judges still run, for the metrics."""
@@ -290,6 +295,9 @@ class RunConfig(_Config):
         if self.generation.temperature == 0:
             raise _FieldError("generation.temperature", "must be > 0 for training (ρ needs the sampling "
                               "distribution); use generation.eval_temperature: 0 for greedy evaluation")
+        if self.parallel == "fsdp" and self.generation.engine == "vllm":
+            raise _FieldError("parallel", "fsdp runs with generation.engine: hf for now (the vLLM weight sync "
+                              "from a sharded policy is not built yet)")
         return self
 
     @property

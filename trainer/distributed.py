@@ -14,6 +14,15 @@ This is DDP's contract — replicas, sharded data, summed gradients — done by 
 rank (only sequences with a non-zero gradient are recomputed), which DDP's per-backward hooks cannot
 synchronise.
 
+With ``parallel: fsdp`` (``sharded``) the policy and the reference are sharded with FSDP2 instead
+(``shard_model``): every forward all-gathers a layer's parameters and every backward reduce-scatters its
+gradients, so every rank must run the same number of forward and backward passes, in the same order, or
+the run hangs. The passes whose count depends on a rank's data are therefore run in ``lockstep``:
+generation decodes until no rank has an unfinished row and pads its chunks, the log-prob passes pad
+their micro-batches, and the update pads its backward passes with zero-weight ones, each to the largest
+count over the ranks (``max_int``). FSDP averages the gradients over the ranks where the method sums
+them, so ``all_reduce_grads`` multiplies by the world size (gloo has no pre-multiplied reduction).
+
 Without ``WORLD_SIZE`` (or with 1) everything here is a no-op for a single process.
 """
 
@@ -33,6 +42,8 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    sharded: bool = False
+    """The models are sharded with FSDP2 (``parallel: fsdp``) rather than replicated."""
 
     @property
     def main(self) -> bool:
@@ -43,8 +54,14 @@ class Dist:
     def enabled(self) -> bool:
         return self.world > 1
 
+    @property
+    def lockstep(self) -> bool:
+        """Passes that run collectives (a sharded model's forward and backward) must run equally often
+        on every rank."""
+        return self.enabled and self.sharded
+
     @classmethod
-    def from_env(cls, device: str = "auto") -> Dist:
+    def from_env(cls, device: str = "auto", sharded: bool = False) -> Dist:
         """Join the process group torchrun describes in the environment (NCCL on CUDA, else gloo)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
@@ -55,7 +72,7 @@ class Dist:
             if cuda:
                 torch.cuda.set_device(local_rank)
             torch.distributed.init_process_group("nccl" if cuda else "gloo")
-        return cls(rank, world, local_rank)
+        return cls(rank, world, local_rank, sharded)
 
     def shard(self, n: int) -> tuple[int, int]:
         """This rank's contiguous share [start, stop) of n items (sizes differ by at most one)."""
@@ -71,9 +88,23 @@ class Dist:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
-        """Sum every parameter's gradient over the ranks (a missing gradient counts as zeros)."""
+    def max_int(self, value: int) -> int:
+        """The largest ``value`` over the ranks."""
         if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.long)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
+    def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Sum every parameter's gradient over the ranks (a missing gradient counts as zeros). Sharded,
+        FSDP has already reduced them to their mean: multiply by the world size."""
+        if not self.enabled:
+            return
+        if self.sharded:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(self.world)
             return
         by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
         for p in params:
@@ -89,8 +120,9 @@ class Dist:
                 offset += size
 
     def check_in_sync(self, model: torch.nn.Module) -> None:
-        """Raise if the replicas' weights differ (they must be bit-identical after every step)."""
-        if not self.enabled:
+        """Raise if the replicas' weights differ (they must be bit-identical after every step). Sharded
+        models have no replicas."""
+        if not self.enabled or self.sharded:
             return
         fingerprint = _fingerprint(model)
         prints = self.gather(fingerprint)
@@ -104,6 +136,26 @@ class Dist:
     def close(self) -> None:
         if self.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
+    """``model`` sharded in place with FSDP2: each decoder layer, then the root (embeddings, final norm,
+    head). ``bf16``: the layers compute in bf16 and reduce gradients in fp32 over fp32 parameters
+    (``MixedPrecisionPolicy``); a frozen model is simply held in bf16 then."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    trainable = any(p.requires_grad for p in model.parameters())
+    if bf16 and not trainable:
+        model.to(torch.bfloat16)
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+    kwargs = {"mp_policy": policy} if policy is not None else {}
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    if not layers:
+        raise ValueError(f"{type(model).__name__}: no decoder layers found to shard (parallel: fsdp)")
+    for layer in layers:
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
 
 
 def device_for(device: str, local_rank: int = 0) -> torch.device:

@@ -148,9 +148,12 @@ def _log_ratios(run: Run, rollouts: Rollouts) -> list[float]:
     """ρ = log π_w(a|s) − log π_ref(a|s) of each response, at the training temperature, dropout off."""
     config, policy, reference = run.config, run.models.policy, run.models.reference
     temperature, size = config.generation.temperature, config.optim.micro_batch_size
+    lockstep = run.dist if run.dist.lockstep else None
     with torch.no_grad(), eval_mode(policy), autocast(config.precision, policy):
-        logp = sequence_logprobs(policy, rollouts.prompt_ids, rollouts.response_ids, temperature, size).logprobs
-        ref = sequence_logprobs(reference, rollouts.prompt_ids, rollouts.response_ids, temperature, size).logprobs
+        logp = sequence_logprobs(policy, rollouts.prompt_ids, rollouts.response_ids, temperature, size,
+                                 lockstep).logprobs
+        ref = sequence_logprobs(reference, rollouts.prompt_ids, rollouts.response_ids, temperature, size,
+                                lockstep).logprobs
     return (logp - ref).tolist()
 
 

@@ -19,7 +19,7 @@ class SequenceLogprobs(NamedTuple):
 
 
 def sequence_logprobs(model: Any, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
-                      temperature: float = 1.0, micro_batch_size: int = 8) -> SequenceLogprobs:
+                      temperature: float = 1.0, micro_batch_size: int = 8, lockstep: Any = None) -> SequenceLogprobs:
     """log π(response_i | prompt_i) at ``temperature`` for each of N (prompt, response) pairs.
 
         log π(a | s) = Σ_{t=1..|a|} log_softmax(z_t / T)[a_t],   z_t = logits after s, a_<t
@@ -41,14 +41,19 @@ def sequence_logprobs(model: Any, prompt_ids: Sequence[Sequence[int]], response_
         raise ValueError("temperature must be > 0 and micro_batch_size >= 1")
     device = model.device
     lengths = torch.tensor([len(r) for r in response_ids], dtype=torch.long, device=device)  # (N,)
-    if not prompt_ids:
-        return SequenceLogprobs(torch.zeros(0, device=device), lengths)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
+    starts = range(0, len(order), micro_batch_size)
+    stand_ins = lockstep.max_int(len(starts)) - len(starts) if lockstep is not None else 0  # agreed first
     parts = []
-    for start in range(0, len(order), micro_batch_size):
+    for start in starts:
         idx = order[start:start + micro_batch_size]
         parts.append(_micro_batch(model, [prompt_ids[i] for i in idx], [response_ids[i] for i in idx],
                                   temperature))
+    with torch.no_grad():
+        for _ in range(stand_ins):
+            _micro_batch(model, [[0]], [[0]], temperature)
+    if not parts:
+        return SequenceLogprobs(torch.zeros(0, device=device), lengths)
     inverse = torch.empty(len(order), dtype=torch.long, device=device)
     inverse[torch.tensor(order, device=device)] = torch.arange(len(order), device=device)
     return SequenceLogprobs(torch.cat(parts).index_select(0, inverse), lengths)

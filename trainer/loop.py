@@ -138,7 +138,8 @@ def optimizer_step(run: Run) -> dict[str, float]:
     policy, out = run.models.policy, {}
     run.dist.all_reduce_grads(list(policy.parameters()))
     if run.config.optim.grad_clip:
-        out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), run.config.optim.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), run.config.optim.grad_clip)
+        out["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # sharded: a DTensor
     run.optimizer.step()
     run.scheduler.step()
     run.engine.sync_weights(policy)
@@ -157,8 +158,8 @@ def watch(run: Run, record: dict[str, float]) -> bool:
 def checkpoint(run: Run, step: int) -> None:
     """Rank 0 saves the run's state at ``step``, once every rank holds the same weights."""
     run.dist.check_in_sync(run.models.policy)
-    if run.dist.main:
-        save_checkpoint(run.checkpoint_dir, step, run.state)
+    if run.dist.main or run.dist.sharded:  # a sharded policy is gathered by every rank
+        save_checkpoint(run.checkpoint_dir, step, run.state, main=run.dist.main)
     run.dist.barrier()
 
 

@@ -45,6 +45,14 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.response_ids)
 
+    @classmethod
+    def concat(cls, parts: Sequence[Rollouts], first_prompts: Sequence[int]) -> Rollouts:
+        """The rollouts of consecutive shards of one prompt list; shard i's prompts start at
+        ``first_prompts[i]`` of the whole list."""
+        index = [first + i for part, first in zip(parts, first_prompts, strict=True) for i in part.prompt_index]
+        return cls(index, *(sum((getattr(p, name) for p in parts), []) for name in
+                            ("prompt_ids", "response_ids", "text", "sampling_logprobs", "finished")))
+
 
 @runtime_checkable
 class RolloutEngine(Protocol):
@@ -80,12 +88,17 @@ class HFRollout:
 
     All B·K rows are sampled together unless ``max_batch_rows`` bounds the rows per forward pass.
     The model runs in eval mode while generating and its training flag is restored afterwards.
+
+    ``lockstep`` (the run's ``Dist`` when the model is sharded, trainer/distributed.py): every rank runs
+    as many chunks as the rank with the most (a rank short of chunks decodes a one-row stand-in) and
+    decodes until no rank has an unfinished row, so every rank runs the same forward passes. The
+    samples do not change: a finished row only draws padding, cut at its EOS.
     """
 
     def __init__(self, model: Any, tokenizer: Any, generation_config: GenerationConfig,
-                 max_batch_rows: int | None = None) -> None:
+                 max_batch_rows: int | None = None, lockstep: Any = None) -> None:
         generation_config.validate()
-        self.model, self.tokenizer, self.config = model, tokenizer, generation_config
+        self.model, self.tokenizer, self.config, self.lockstep = model, tokenizer, generation_config, lockstep
         self.max_batch_rows = max_batch_rows if max_batch_rows is not None else generation_config.max_batch_rows
         self.eos_ids = _eos_ids(model, tokenizer)
         if not self.eos_ids:
@@ -101,14 +114,18 @@ class HFRollout:
         rows = [list(p) for p in prompt_ids for _ in range(k)]  # prompt-major
         keys = [row_key(seed, prompt_offset + i // k, i % k) for i in range(len(rows))]
         step = self.max_batch_rows or max(len(rows), 1)
+        starts = range(0, len(rows), step)
+        chunks = self.lockstep.max_int(len(starts)) if self.lockstep is not None else len(starts)
         was_training = self.model.training
         self.model.eval()
         try:
             responses, logprobs = [], []
-            for start in range(0, len(rows), step):
+            for start in starts:
                 ids, lps = self._sample(rows[start:start + step], keys[start:start + step])
                 responses += ids
                 logprobs += lps
+            for _ in range(chunks - len(starts)):  # lockstep: the forward passes of another rank's chunk
+                self._sample([[self.pad_id]], [0])
         finally:
             self.model.train(was_training)
         return Rollouts(
@@ -123,7 +140,7 @@ class HFRollout:
     def with_generation(self, generation: GenerationConfig) -> HFRollout:
         if generation == self.config:
             return self
-        return HFRollout(self.model, self.tokenizer, generation, self.max_batch_rows)
+        return HFRollout(self.model, self.tokenizer, generation, self.max_batch_rows, self.lockstep)
 
     def sync_weights(self, policy: Any) -> None:
         """Nothing to do: the engine samples from the policy module itself."""
@@ -149,7 +166,8 @@ class HFRollout:
         tokens = []
         cache = DynamicCache(config=self.model.config)
         row_keys = torch.tensor(keys, dtype=torch.int64, device=device)  # (N,)
-        with torch.inference_mode():
+        # a sharded model's gathered parameters are reused outside: no inference-mode tensors then
+        with torch.inference_mode() if self.lockstep is None else torch.no_grad():
             for t in range(cfg.max_new_tokens):
                 out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                  use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
@@ -163,13 +181,19 @@ class HFRollout:
                 total += torch.where(done, 0.0, logq.gather(-1, token[:, None]).squeeze(-1))
                 tokens.append(token)
                 done |= torch.isin(token, eos)
-                if done.all():
+                if self._all_done(bool(done.all())):
                     break
                 input_ids = token[:, None]
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
                 positions = positions[:, -1:] + 1
         drawn = torch.stack(tokens, dim=1).tolist()  # (N, T)
         return [_cut_at_eos(r, self.eos_ids) for r in drawn], total.tolist()
+
+    def _all_done(self, mine: bool) -> bool:
+        """Decoding stops: every row here has drawn EOS (in lockstep: on every rank)."""
+        if self.lockstep is None:
+            return mine
+        return self.lockstep.max_int(int(not mine)) == 0
 
 
 # splitmix64 (Steele, Lea & Flood 2014) on int64 tensors: products wrap modulo 2^64, and every right

