@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--lora-r", type=int, default=None, metavar="R", help="train LoRA adapters of rank R")
     plan.add_argument("--lora-targets", default=None,
                       help="comma-separated linears LoRA adapts (default: every attention and MLP projection)")
-    plan.add_argument("--activation-checkpointing", action="store_true", help="recompute each layer in the backward")
+    plan.add_argument("--activation-checkpointing", action="store_true",
+                      help="recompute each layer in the backward (default: the config's activation_checkpointing)")
     plan.add_argument("--model-config", default=None, metavar="PATH_OR_NAME",
                       help="a config.json, a model directory or a built-in architecture (smollm2-135m, llama-3.2-1b, "
                            "llama-3.2-3b, llama-3.1-8b, llama-3.1-70b); default: the config's policy")
@@ -293,7 +294,8 @@ def _plan(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, args.overrides)
         setup = plan.Setup.from_run(config, gpus=args.gpus, gpu_memory=args.gpu_memory, parallel=args.parallel,
-                                    checkpointing=args.activation_checkpointing, prompt_tokens=args.prompt_tokens,
+                                    checkpointing=args.activation_checkpointing or config.activation_checkpointing,
+                                    prompt_tokens=args.prompt_tokens,
                                     lora_r=args.lora_r, lora_targets=targets)
         result = plan.plan(plan.architecture(args.model_config, config.policy), setup)
     except (ConfigError, ModelPathError, plan.PlanError, OSError) as exc:

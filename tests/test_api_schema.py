@@ -88,6 +88,7 @@ def fuzz(url: str) -> list[str]:
     return [operation.label for operation in operations]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["embedded", "queue"])
 def test_judges_service_keeps_its_contract(mode, redis_server):
     with judges_service(redis_server.url if mode == "queue" else None) as url:
@@ -95,6 +96,7 @@ def test_judges_service_keeps_its_contract(mode, redis_server):
     assert {"POST /v1/judge", "GET /v1/judges", "GET /healthz", "GET /readyz", "GET /metrics"} <= set(operations)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["embedded", "queue"])
 def test_reward_model_service_keeps_its_contract(mode, redis_server, rm_model):
     with rm_service(redis_server.url if mode == "queue" else None, rm_model) as url:

@@ -249,6 +249,11 @@ class RunConfig(_Config):
     device: str = "auto"
     """Where the policy and reference run: ``auto`` (this rank's GPU when CUDA is available, else the
     CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    activation_checkpointing: bool = False
+    """Keep only each decoder layer's input from the policy's forward with grad and recompute the rest in
+    the backward (``torch.utils.checkpoint``, non-reentrant): the same gradients for about one more
+    forward, and activation memory of one layer instead of all of them. No effect on passes without grad
+    (generation, log-probs, evaluation)."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """Under ``torchrun``: ``ddp`` keeps a whole policy and reference on every rank and sums the gradients;
     ``fsdp`` shards both with FSDP2 (``fully_shard``: each decoder layer and the root), so each rank holds

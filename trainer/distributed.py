@@ -149,12 +149,40 @@ def shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
         model.to(torch.bfloat16)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     kwargs = {"mp_policy": policy} if policy is not None else {}
-    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
-    if not layers:
-        raise ValueError(f"{type(model).__name__}: no decoder layers found to shard (parallel: fsdp)")
-    for layer in layers:
+    for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
+    return model
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of a transformers causal LM (``LlamaDecoderLayer``, ``Qwen2DecoderLayer``...)."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    if not layers:
+        raise ValueError(f"{type(model).__name__}: no decoder layers found")
+    return layers
+
+
+def checkpoint_activations(model: torch.nn.Module) -> torch.nn.Module:
+    """Activation checkpointing of every decoder layer, in place: under grad a layer keeps only its inputs
+    and is run again in the backward (non-reentrant ``torch.utils.checkpoint``); without grad it runs as
+    before. The layer's forward is wrapped rather than the module replaced, so parameter names (and so
+    checkpoints) do not change, and it holds in eval mode, where the update runs (transformers' own
+    ``gradient_checkpointing_enable`` acts in training mode only)."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    for layer in decoder_layers(model):
+        forward = layer.forward
+
+        @functools.wraps(forward)
+        def recomputed(*args: Any, _forward: Any = forward, **kwargs: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return _forward(*args, **kwargs)
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = recomputed
     return model
 
 

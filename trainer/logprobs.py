@@ -72,7 +72,7 @@ def _micro_batch(model: Any, prompts: list[Sequence[int]], responses: list[Seque
     # Position t predicts token t+1; the first response token is predicted at len(prompt) - 1.
     first = min(len(p) for p in prompts) - 1
     keep = width - first  # logits for positions first..width-1 (the last one is unused)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
                    logits_to_keep=keep).logits[:, :-1, :].float() / temperature  # (B, L, V), L = keep - 1
     targets = input_ids[:, first + 1:]  # (B, L): the token each kept position predicts
     offsets = torch.arange(first + 1, width, device=device)  # (L,) index of each target in the row

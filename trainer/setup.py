@@ -25,7 +25,7 @@ from cgpo.trainer.baselines import Baselines, ShardedEngine, Sources, load_basel
 from cgpo.trainer.checkpoint import TrainState, load_checkpoint
 from cgpo.trainer.config import ConfigError, RunConfig
 from cgpo.trainer.data import Prompt, PromptSampler, load_prompts
-from cgpo.trainer.distributed import SINGLE, Dist, device_for, shard_model
+from cgpo.trainer.distributed import SINGLE, Dist, checkpoint_activations, device_for, shard_model
 from cgpo.trainer.metrics import MetricsSink
 from cgpo.trainer.monitor import HackingMonitor
 from cgpo.trainer.rollout import HFRollout, RolloutEngine
@@ -96,6 +96,8 @@ def training_run(config: RunConfig, *, resume: bool, log: Log = print) -> Iterat
         _check_shards(config, dist)
         _start_output(config, dist)
         models = load_models(config, device_for(config.device, dist.local_rank))
+        if config.activation_checkpointing:
+            checkpoint_activations(models.policy)
         if dist.lockstep:
             shard_models(models, config)
         optimizer, scheduler = make_optimizer(config, models.policy)

@@ -116,6 +116,7 @@ def _replica(rank: int, port: int, perturb: bool, results: Path) -> None:
         dist.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("perturb", [False, True])
 def test_gradients_are_summed_and_a_diverged_replica_is_caught(tmp_path, perturb):
     torch.multiprocessing.start_processes(_replica, args=(free_port(), perturb, tmp_path), nprocs=2,

@@ -73,7 +73,8 @@ def same_metrics(a: list[dict[str, float]], b: list[dict[str, float]], rel: floa
 
 
 @pytest.mark.slow
-def test_a_sharded_three_optimizer_run_matches_one_process_and_resumes_exactly(world, subprocess_env):
+def test_a_sharded_three_optimizer_run_matches_one_process_with_or_without_recomputation_and_resumes(
+        world, subprocess_env):
     config = three_tasks(world, "fsdp", steps=3)
     single = train(load_config(config, [f"output_dir={world}/fsdp-single"]), resume=False, log=lambda _: None)
     torchrun(config, subprocess_env, f"output_dir={world}/fsdp-ranks")
@@ -90,6 +91,12 @@ def test_a_sharded_three_optimizer_run_matches_one_process_and_resumes_exactly(w
     diffs = torch.cat([(two[k] - one[k]).abs().flatten() for k in one])
     assert diffs.max().item() < 0.01 * moved
     assert (diffs < 1e-6).float().mean().item() > 0.999
+
+    # activation checkpointing recomputes the layers in the backward: the same run
+    torchrun(config, subprocess_env, f"output_dir={world}/fsdp-checkpointed", "activation_checkpointing=true")
+    same_metrics(single, metrics(world / "fsdp-checkpointed"))
+    recomputed = weights(world / "fsdp-checkpointed")
+    assert max((recomputed[k] - two[k]).abs().max().item() for k in two) < 0.01 * moved
 
     # stopped after the checkpoint at step 2, then resumed from the gathered weights and optimizer state
     torchrun(config, subprocess_env, f"output_dir={world}/fsdp-resumed", "steps=2")

@@ -81,6 +81,7 @@ def test_eval_reports_ifevals_accuracies_greedy_and_kl_only_for_a_trained_policy
                                                           ("a cat", "music", "rain", "trees")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_a_run_that_crashed_after_a_checkpoint_resumes_exactly_without_duplicate_rows(world, schedule, monkeypatch):
     import cgpo.trainer.loop as loop_module
