@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; --quick: 0)")
     demo.add_argument("--steps", type=int, default=None, help="training steps per run (default 40; --quick: 3)")
 
+    export = sub.add_parser("export", help="a training checkpoint (sharded or not) as a plain transformers "
+                                           "directory that transformers and vLLM load")
+    export.add_argument("checkpoint", help="OUTPUT_DIR/checkpoint of a run")
+    export.add_argument("--out", required=True, help="directory to write")
+
     model = sub.add_parser("model", help="model files").add_subparsers(dest="action", required=True)
     convert = model.add_parser("convert", help="make a loadable transformers directory from a GGUF file (cached) "
                                                "and print its path")
@@ -183,9 +188,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _ifeval(args)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "demo":
         return _demo(args)
     die(f"unknown command {args.command!r}")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cgpo.trainer.checkpoint import export
+
+    try:
+        print(export(Path(args.checkpoint), Path(args.out)))
+    except (ValueError, OSError) as exc:
+        die(str(exc))
+    return 0
 
 
 def _reporting(run: Any, args: argparse.Namespace) -> int:

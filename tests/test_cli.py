@@ -95,6 +95,7 @@ def test_every_failure_path_ends_in_die(capsys, monkeypatch, tmp_path):
     assert fails(capsys, "eval", str(config), "tasks.math.k=0").startswith("tasks.math.k: ")
     assert "unknown field" in fails(capsys, "train", str(config), "optim.lrr=1")
     assert "--seeds" in fails(capsys, "demo", "--seeds", "a,b")
+    assert "not a cgpo checkpoint" in fails(capsys, "export", str(tmp_path), "--out", str(tmp_path / "x"))
     assert "No such file" in fails(capsys, "warmup", "--policy", "p", "--data", str(tmp_path / "none"),
                                    "--out", str(tmp_path / "out"))
     assert "lr" in fails(capsys, "warmup", "--policy", "p", "--data", str(tmp_path / "none"),

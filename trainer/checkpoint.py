@@ -1,4 +1,13 @@
-"""Resumable checkpoints: policy weights, optimizer, schedule, prompt samplers, RNG states and step."""
+"""Resumable checkpoints: policy weights, optimizer, schedule, prompt samplers, RNG states and step.
+
+One process or replicas (``parallel: ddp``): rank 0 writes a plain transformers directory (the policy's
+weights and tokenizer) plus ``trainer_state.pt``. Sharded (``parallel: fsdp``): every rank writes its
+own shards of the weights and of the AdamW state with ``torch.distributed.checkpoint`` under ``dcp/`` —
+nothing is gathered, so a checkpoint costs no rank more memory than training — and rank 0 writes the
+model's ``config.json``, the tokenizer and ``trainer_state.pt``; a resumed run reads its shards back,
+with any number of ranks. ``export`` turns either kind into a plain transformers directory that
+transformers and vLLM load (``cgpo export``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,8 @@ from typing import Any
 import torch
 
 STATE_FILE = "trainer_state.pt"
+SHARDS = "dcp"
+"""The sharded weights and optimizer state of a ``parallel: fsdp`` checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -23,54 +34,44 @@ class TrainState:
     scheduler: Any
     samplers: dict[str, Any]
     sharded: bool = False
-    """The policy is sharded (FSDP2): its weights and optimizer state are gathered to save, on every rank."""
+    """The policy is sharded (FSDP2): every rank saves and loads its own shards."""
 
 
-def save_checkpoint(directory: Path, step: int, state: TrainState, main: bool = True) -> None:
-    """Write ``state`` atomically: into ``directory.tmp``, then rename over ``directory``. A sharded
-    policy's weights and optimizer state are first gathered whole (every rank takes part); ``main``
-    writes."""
-    weights, optimizer = _full_state(state)
+def save_checkpoint(directory: Path, step: int, state: TrainState, dist: Any = None) -> None:
+    """Write ``state`` atomically: into ``directory.tmp``, then rename over ``directory``. Sharded, every
+    rank writes its shards (``dist``: the run's ``Dist``); rank 0 writes the rest and renames."""
+    main = dist is None or dist.main
+    tmp = directory.with_name(directory.name + ".tmp")
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if state.sharded:
+        dist.barrier()  # the old tmp is gone before any rank writes
+        _save_shards(state, tmp / SHARDS)
+        dist.barrier()
     if not main:
         return
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    state.policy.save_pretrained(tmp, state_dict=weights)
+    if state.sharded:
+        state.policy.config.save_pretrained(tmp)
+    else:
+        state.policy.save_pretrained(tmp)
     state.tokenizer.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": optimizer, "scheduler": state.scheduler.state_dict(),
+    torch.save({"step": step, "optimizer": None if state.sharded else state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(),
                 "samplers": {name: s.state_dict() for name, s in state.samplers.items()},
                 "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}, tmp / STATE_FILE)
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
 
 
-def _full_state(state: TrainState) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """The policy's weights (None: its own state dict) and the optimizer's state, whole."""
-    if not state.sharded:
-        return None, state.optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return (get_model_state_dict(state.policy, options=options),
-            get_optimizer_state_dict(state.policy, state.optimizer, options=options))
-
-
 def load_checkpoint(directory: Path, state: TrainState) -> int:
     """Restore everything saved by `save_checkpoint` into ``state``; returns the step to continue from."""
-    from safetensors.torch import load_file
-
-    policy = state.policy
-    weights = {}
-    for shard in sorted(directory.glob("*.safetensors")):
-        weights.update(load_file(shard))
+    if state.sharded != (directory / SHARDS).is_dir():
+        raise ValueError(f"checkpoint {directory} was written {'sharded' if not state.sharded else 'whole'}; "
+                         "resume it with the same parallel setting, or cgpo export it")
     if state.sharded:
-        _load_sharded(state, weights, torch.load(directory / STATE_FILE, weights_only=False)["optimizer"])
+        _load_shards(state, directory / SHARDS)
     else:
-        missing, unexpected = policy.load_state_dict(weights, strict=False)
-        if unexpected or [m for m in missing if not _tied(policy, m)]:
-            raise ValueError(f"checkpoint {directory} does not match the policy (missing {missing}, "
-                             f"unexpected {unexpected})")
+        _load_whole(state, directory)
     saved = torch.load(directory / STATE_FILE, weights_only=False)
     if not state.sharded:
         state.optimizer.load_state_dict(saved["optimizer"])
@@ -82,14 +83,74 @@ def load_checkpoint(directory: Path, state: TrainState) -> int:
     return int(saved["step"])
 
 
-def _load_sharded(state: TrainState, weights: dict[str, Any], optimizer: dict[str, Any]) -> None:
-    """Whole weights and optimizer state into a sharded policy: each rank keeps its shards."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+def export(checkpoint: Path, out: Path) -> Path:
+    """A plain transformers directory (safetensors weights, config, tokenizer) from a checkpoint of either
+    kind; a sharded one is read whole in this process (no process group needed)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    options = StateDictOptions(full_state_dict=True, strict=False)
-    set_model_state_dict(state.policy, weights, options=options)
-    set_optimizer_state_dict(state.policy, state.optimizer, optimizer, options=options)
+    if not (checkpoint / STATE_FILE).is_file():
+        raise ValueError(f"{checkpoint} is not a cgpo checkpoint (no {STATE_FILE})")
+    if not (checkpoint / SHARDS).is_dir():
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint), dtype=torch.float32)
+        _load_whole_from_shards(model, checkpoint / SHARDS)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(checkpoint).save_pretrained(out)
+    return out
+
+
+def _save_shards(state: TrainState, path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    weights, optimizer = get_state_dict(state.policy, state.optimizer)
+    dcp.save({"model": weights, "optimizer": optimizer}, checkpoint_id=str(path))
+
+
+def _load_shards(state: TrainState, path: Path) -> None:
+    """Each rank reads the parts of the saved shards that its own shards cover."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    weights, optimizer = get_state_dict(state.policy, state.optimizer)
+    saved = {"model": weights, "optimizer": optimizer}
+    dcp.load(saved, checkpoint_id=str(path))
+    set_state_dict(state.policy, state.optimizer, model_state_dict=saved["model"],
+                   optim_state_dict=saved["optimizer"])
+
+
+def _load_whole_from_shards(model: Any, path: Path) -> None:
+    """Every saved shard of the weights into one unsharded model (the optimizer state is not read)."""
+    import torch.distributed.checkpoint as dcp
+
+    weights = {name: t for name, t in model.state_dict().items() if not _tied(model, name)}
+    saved = {"model": weights}
+    dcp.load(saved, checkpoint_id=str(path), planner=_weights_only_planner())
+    missing, unexpected = model.load_state_dict(saved["model"], strict=False)
+    if unexpected or [m for m in missing if not _tied(model, m)]:
+        raise ValueError(f"{path} does not match the model (missing {missing}, unexpected {unexpected})")
+
+
+def _weights_only_planner() -> Any:
+    """A load planner that reads the requested weights and leaves the rest of the checkpoint (the
+    optimizer state) unread."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    return DefaultLoadPlanner(allow_partial_load=True)
+
+
+def _load_whole(state: TrainState, directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    policy, weights = state.policy, {}
+    for shard in sorted(directory.glob("*.safetensors")):
+        weights.update(load_file(shard))
+    missing, unexpected = policy.load_state_dict(weights, strict=False)
+    if unexpected or [m for m in missing if not _tied(policy, m)]:
+        raise ValueError(f"checkpoint {directory} does not match the policy (missing {missing}, "
+                         f"unexpected {unexpected})")
 
 
 def _tied(model: Any, name: str) -> bool:

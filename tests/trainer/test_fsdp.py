@@ -59,8 +59,13 @@ def metrics(directory: Path) -> list[dict[str, float]]:
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The run's final weights: its checkpoint as a transformers directory (``cgpo export`` of a sharded one)."""
     from safetensors.torch import load_file
 
+    from cgpo.trainer.checkpoint import export
+
+    if (directory / "checkpoint" / "dcp").is_dir():
+        return load_file(export(directory / "checkpoint", directory / "exported") / "model.safetensors")
     return load_file(directory / "checkpoint" / "model.safetensors")
 
 
@@ -81,6 +86,7 @@ def test_a_sharded_three_optimizer_run_matches_one_process_with_or_without_recom
     sharded = metrics(world / "fsdp-ranks")
     same_metrics(single, sharded)
     assert all(single[-1][f"{t}/used_fraction"] > 0 for t in OPTIMIZERS)  # every optimizer trained
+    assert (world / "fsdp-ranks" / "checkpoint" / "dcp").is_dir()  # every rank wrote its shards
     one, two = weights(world / "fsdp-single"), weights(world / "fsdp-ranks")
     initial = _initial(world)
     moved = max((one[k] - initial[k]).abs().max().item() for k in one)

@@ -43,6 +43,21 @@ def test_an_interrupted_run_resumes_with_identical_metrics(world):
         assert {k: a[k] for k in keys} == pytest.approx({k: b[k] for k in keys}, rel=1e-5, abs=1e-6)
 
 
+def test_export_writes_the_checkpoints_policy_as_a_plain_transformers_model(world):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from cgpo.trainer.checkpoint import export
+
+    train(load_config(write_config(world, "exported-run", steps=1, eval_every=0)), resume=False, log=lambda _: None)
+    checkpoint = world / "exported-run" / "checkpoint"
+    out = export(checkpoint, world / "exported")
+    saved, exported = load_file(checkpoint / "model.safetensors"), load_file(out / "model.safetensors")
+    assert sorted(saved) == sorted(exported) and all(torch.equal(saved[k], exported[k]) for k in saved)
+    assert not (out / "trainer_state.pt").exists()
+    AutoModelForCausalLM.from_pretrained(out)  # loads as any model does
+
+
 def test_the_vllm_engine_without_vllm_is_a_clear_error_not_a_fallback(world):
     pytest.importorskip("transformers")
     try:
