@@ -126,7 +126,7 @@ def prepare_baselines(task: TaskConfig, prompts: list[Prompt], sources: Sources,
     unique = list({p.id: p for p in prompts}.values())
     missing = [p for p in unique if p.id not in cache]
     cache.update(_draw(missing, sources, config.seed))
-    if not sources.main:
+    if not sources.main:  # rank 0 judges and stores; this rank reads its cache afterwards
         return cache
     unjudged = [p for p in unique if cache[p.id].verdicts is None or cache[p.id].errored]
     if unjudged:
@@ -145,14 +145,17 @@ def prepare_baselines(task: TaskConfig, prompts: list[Prompt], sources: Sources,
 
 
 class ShardedEngine:
-    """Sampling from a sharded π_ref, which every rank must run: each rank draws its contiguous share of
-    the prompts (``lockstep`` engine) and every rank gets them all, exactly as one process draws them
-    (samples depend on the seed and the prompt's index only)."""
+    """Sampling from a sharded π_ref, which every rank must run: rank 0's prompts are the ones drawn (each
+    rank decides from its own view of the cache, which may differ: file times on another node), each
+    rank draws its contiguous share of them (``lockstep`` engine) and every rank gets them all, exactly as
+    one process draws them (samples depend on the seed and the prompt's index only). Called by every
+    rank for every task, with or without prompts of its own."""
 
     def __init__(self, engine: RolloutEngine, dist: Any) -> None:
         self.engine, self.dist = engine, dist
 
     def generate(self, prompt_ids: Any, k: int, seed: int, prompt_offset: int = 0) -> Rollouts:
+        prompt_ids = self.dist.gather(list(prompt_ids))[0]  # rank 0's
         first, stop = self.dist.shard(len(prompt_ids))
         mine = self.engine.generate(prompt_ids[first:stop], k, seed, prompt_offset + first)
         parts = self.dist.gather((first, mine))
@@ -169,8 +172,11 @@ def _draw(prompts: list[Prompt], sources: Sources, seed: int) -> Baselines:
             ids = list(tokenizer(p.baseline, add_special_tokens=False)["input_ids"]) + eos
             out[p.id] = Baseline(p.baseline, ids, True, None)
     to_sample = [p for p in prompts if p.baseline is None]
-    if to_sample:
+    collective = isinstance(sources.engine, ShardedEngine)  # every rank samples, what rank 0 asks for
+    if to_sample or collective:
         rollouts = sources.engine.generate([render(tokenizer, p) for p in to_sample], k=1, seed=seed)
+        if not sources.main:
+            return out
         for p, text, ids, finished in zip(to_sample, rollouts.text, rollouts.response_ids, rollouts.finished,
                                           strict=True):
             out[p.id] = Baseline(text, list(ids), finished, None)

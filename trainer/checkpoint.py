@@ -52,6 +52,8 @@ def save_checkpoint(directory: Path, step: int, state: TrainState, dist: Any = N
         return
     if state.sharded:
         state.policy.config.save_pretrained(tmp)
+        if getattr(state.policy, "generation_config", None) is not None:
+            state.policy.generation_config.save_pretrained(tmp)  # EOS ids beyond the config's
     else:
         state.policy.save_pretrained(tmp)
     state.tokenizer.save_pretrained(tmp)
@@ -66,8 +68,9 @@ def save_checkpoint(directory: Path, step: int, state: TrainState, dist: Any = N
 def load_checkpoint(directory: Path, state: TrainState) -> int:
     """Restore everything saved by `save_checkpoint` into ``state``; returns the step to continue from."""
     if state.sharded != (directory / SHARDS).is_dir():
-        raise ValueError(f"checkpoint {directory} was written {'sharded' if not state.sharded else 'whole'}; "
-                         "resume it with the same parallel setting, or cgpo export it")
+        written = "sharded (parallel: fsdp under torchrun)" if not state.sharded else "whole (one process or ddp)"
+        raise ValueError(f"checkpoint {directory} was written {written}; resume it the way it was written, "
+                         "or cgpo export it to start a new run from its weights")
     if state.sharded:
         _load_shards(state, directory / SHARDS)
     else:
@@ -102,23 +105,31 @@ def export(checkpoint: Path, out: Path) -> Path:
 
 
 def _save_shards(state: TrainState, path: Path) -> None:
+    """The policy's shards and, once AdamW has state (after its first step), the optimizer's: reading an
+    empty optimizer's state dict would make it take a zero step, and change its bias correction."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    weights, optimizer = get_state_dict(state.policy, state.optimizer)
-    dcp.save({"model": weights, "optimizer": optimizer}, checkpoint_id=str(path))
+    saved = {"model": get_model_state_dict(state.policy)}
+    if state.optimizer.state:
+        saved["optimizer"] = get_optimizer_state_dict(state.policy, state.optimizer)
+    dcp.save(saved, checkpoint_id=str(path))
 
 
 def _load_shards(state: TrainState, path: Path) -> None:
     """Each rank reads the parts of the saved shards that its own shards cover."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
 
-    weights, optimizer = get_state_dict(state.policy, state.optimizer)
-    saved = {"model": weights, "optimizer": optimizer}
+    saved = {"model": get_model_state_dict(state.policy)}
     dcp.load(saved, checkpoint_id=str(path))
-    set_state_dict(state.policy, state.optimizer, model_state_dict=saved["model"],
-                   optim_state_dict=saved["optimizer"])
+    set_model_state_dict(state.policy, saved["model"])
+    stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    if any(key.startswith("optimizer.") for key in stored):  # none saved before AdamW's first step
+        optimizer = {"optimizer": get_optimizer_state_dict(state.policy, state.optimizer)}
+        dcp.load(optimizer, checkpoint_id=str(path))
+        set_optimizer_state_dict(state.policy, state.optimizer, optimizer["optimizer"])
 
 
 def _load_whole_from_shards(model: Any, path: Path) -> None:

@@ -92,7 +92,7 @@ class Dist:
         """The largest ``value`` over the ranks."""
         if not self.enabled:
             return value
-        t = torch.tensor([value], dtype=torch.long)
+        t = torch.tensor([value], dtype=torch.long, device=collective_device())
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t.item())
 
@@ -138,6 +138,14 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
+def collective_device() -> torch.device:
+    """Where a tensor for a collective must live: this rank's GPU under NCCL (which takes no CPU tensors),
+    the CPU under gloo."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
     """``model`` sharded in place with FSDP2: each decoder layer, then the root (embeddings, final norm,
     head). ``bf16``: the layers compute in bf16 and reduce gradients in fp32 over fp32 parameters
@@ -169,20 +177,18 @@ def checkpoint_activations(model: torch.nn.Module) -> torch.nn.Module:
     before. The layer's forward is wrapped rather than the module replaced, so parameter names (and so
     checkpoints) do not change, and it holds in eval mode, where the update runs (transformers' own
     ``gradient_checkpointing_enable`` acts in training mode only)."""
-    import functools
+    import types
 
     from torch.utils.checkpoint import checkpoint
 
+    def recomputed(layer: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        forward = type(layer).forward  # looked up on the layer it is bound to: a deep copy runs its own weights
+        if not torch.is_grad_enabled():
+            return forward(layer, *args, **kwargs)
+        return checkpoint(forward, layer, *args, use_reentrant=False, **kwargs)
+
     for layer in decoder_layers(model):
-        forward = layer.forward
-
-        @functools.wraps(forward)
-        def recomputed(*args: Any, _forward: Any = forward, **kwargs: Any) -> Any:
-            if not torch.is_grad_enabled():
-                return _forward(*args, **kwargs)
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-
-        layer.forward = recomputed
+        layer.forward = types.MethodType(recomputed, layer)
     return model
 
 

@@ -55,3 +55,29 @@ def test_checkpointing_keeps_fewer_bytes_and_leaves_passes_without_grad_alone():
         b = sequence_logprobs(checkpointed, PROMPTS, RESPONSES).logprobs
     assert torch.equal(a, b)
     assert [n for n, _ in plain.named_parameters()] == [n for n, _ in checkpointed.named_parameters()]
+
+
+def test_a_deep_copy_of_a_checkpointed_model_runs_its_own_weights():
+    _, checkpointed = pair()
+    twin = copy.deepcopy(checkpointed)
+    with torch.no_grad():
+        for layer in twin.model.layers:
+            for p in layer.parameters():
+                p.zero_()
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            a = sequence_logprobs(checkpointed, PROMPTS, RESPONSES).logprobs
+            b = sequence_logprobs(twin, PROMPTS, RESPONSES).logprobs
+        assert not torch.allclose(a, b)
+
+
+def test_the_training_run_wraps_every_layer_of_the_policy_only(world):
+    from tests.worlds import write_config
+    from cgpo.trainer.config import load_config
+    from cgpo.trainer.distributed import decoder_layers
+    from cgpo.trainer.setup import training_run
+
+    config = load_config(write_config(world, "recomputed", steps=1), ["activation_checkpointing=true"])
+    with training_run(config, resume=False, log=lambda _: None) as run:
+        assert all(layer.forward.__name__ == "recomputed" for layer in decoder_layers(run.models.policy))
+        assert not any(layer.forward.__name__ == "recomputed" for layer in decoder_layers(run.models.reference))

@@ -190,3 +190,22 @@ def test_two_ranks_sum_to_the_methods_gradient_for_every_optimizer(tmp_path):
         for outcome in outcomes:
             assert_same_gradient(outcome["grads"], want)
         assert outcomes[0]["metrics"]["loss"] == outcomes[1]["metrics"]["loss"]
+
+
+def test_collectives_use_the_gpu_under_nccl_and_the_cpu_under_gloo(monkeypatch):
+    from cgpo.trainer import distributed
+
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *_: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert distributed.collective_device() == torch.device("cuda", 3)  # NCCL takes no CPU tensors
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda *_: "gloo")
+    assert distributed.collective_device() == torch.device("cpu")
+
+
+def test_saving_sharded_state_before_the_first_step_leaves_adamw_untouched(tmp_path):
+    from cgpo.trainer.checkpoint import TrainState, _save_shards
+
+    policy, _ = tiny_pair()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    _save_shards(TrainState(policy, None, optimizer, None, {}, sharded=True), tmp_path / "dcp")
+    assert not optimizer.state  # no zero step taken: the first real step's bias correction is one process's

@@ -20,11 +20,14 @@ OPTIMIZERS = ("crpg", "codpo", "crraft")
 
 
 def three_tasks(world: Path, name: str, steps: int) -> Path:
-    """One run with a task per optimizer, on the tiny world; batch 3 splits 2 + 1 over two ranks."""
+    """One run with a task per optimizer, on the tiny world; batch 3 and 3 held-out prompts split 2 + 1 over
+    two ranks, and one sequence per log-prob pass: the ranks' pass counts differ everywhere."""
+    held_out = world / "eval3.jsonl"
+    held_out.write_text("".join((world / "eval.jsonl").read_text().splitlines(keepends=True)[:3]))
     tasks = "".join(f"""
   - name: {optimizer}
     prompts: {world}/prompts.jsonl
-    eval_prompts: {world}/eval.jsonl
+    eval_prompts: {held_out}
     reward_model: {{embedded: {world}/rm}}
     judges: [instructions]
     optimizer: {optimizer}
@@ -41,7 +44,7 @@ eval_every: 2
 checkpoint_every: 2
 output_dir: {world}/{name}
 generation: {{max_new_tokens: 8}}
-optim: {{lr: 1.0e-2, micro_batch_size: 4}}
+optim: {{lr: 1.0e-2, micro_batch_size: 1}}
 tasks:{tasks}""")
     return path
 
@@ -142,7 +145,16 @@ def _lockstep_rank(rank: int, port: int, results: Path) -> None:
         grad = torch.tensor([0.5, -1.0, 0.25, 2.0]) if rank == 0 else torch.zeros(4)
         _backward_through_policy(policy, pairs, grad, (1.0, 1), lockstep=dist)
         norm = sum(float(p.grad.full_tensor().pow(2).sum()) for p in policy.parameters() if p.grad is not None)
-        (results / f"rank{rank}.json").write_text(json.dumps({"responses": rollouts.response_ids, "norm": norm}))
+        # rank 1's view of the baseline cache (other file times on another node) asks for nothing new
+        from cgpo.trainer.baselines import ShardedEngine, Sources, _draw
+        from cgpo.trainer.data import Prompt
+
+        tokenizer = build_tokenizer()
+        missing = [Prompt("a", "Write about the sea."), Prompt("b", "Write about rain.")] if rank == 0 else []
+        sources = Sources(tokenizer, ShardedEngine(engine, dist), None, None, main=rank == 0)
+        drawn = _draw(missing, sources, seed=5)
+        (results / f"rank{rank}.json").write_text(json.dumps({"responses": rollouts.response_ids, "norm": norm,
+                                                             "baselines": {k: b.ids for k, b in drawn.items()}}))
     finally:
         dist.close()
 
@@ -163,6 +175,12 @@ def test_ranks_with_different_work_run_the_same_passes_and_get_one_process_resul
     alone = HFRollout(policy, build_tokenizer(), GenerationConfig(max_new_tokens=6), max_batch_rows=2)
     expected = alone.generate([[1, 40, 41], [1, 42], [1, 43, 44, 45]], k=1, seed=3).response_ids
     assert rank0["responses"] == expected and rank1["responses"] == []
+    from cgpo.trainer.baselines import Sources, _draw
+    from cgpo.trainer.data import Prompt
+
+    sampled = _draw([Prompt("a", "Write about the sea."), Prompt("b", "Write about rain.")],
+                    Sources(build_tokenizer(), alone, None, None), seed=5)
+    assert rank0["baselines"] == {k: b.ids for k, b in sampled.items()} and rank1["baselines"] == {}
     _backward_through_policy(policy, ([[1, 40, 41]] * 4, [[50, 51], [52], [53, 54, 55], [56]]),
                              torch.tensor([0.5, -1.0, 0.25, 2.0]), (1.0, 1))
     norm = sum(float(p.grad.pow(2).sum()) for p in policy.parameters() if p.grad is not None)
