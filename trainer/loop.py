@@ -158,8 +158,7 @@ def watch(run: Run, record: dict[str, float]) -> bool:
 def checkpoint(run: Run, step: int) -> None:
     """Rank 0 saves the run's state at ``step``, once every rank holds the same weights."""
     run.dist.check_in_sync(run.models.policy)
-    if run.dist.main or run.dist.sharded:  # every rank writes its shards of a sharded policy
-        save_checkpoint(run.checkpoint_dir, step, run.state, run.dist)
+    save_checkpoint(run.checkpoint_dir, step, run.state, run.dist)  # rank 0 writes; every rank its shards
     run.dist.barrier()
 
 
