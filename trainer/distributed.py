@@ -23,7 +23,9 @@ their micro-batches, and the update pads its backward passes with zero-weight on
 count over the ranks (``max_int``). FSDP averages the gradients over the ranks where the method sums
 them, so ``all_reduce_grads`` multiplies by the world size (gloo has no pre-multiplied reduction).
 
-Without ``WORLD_SIZE`` (or with 1) everything here is a no-op for a single process.
+Without ``WORLD_SIZE`` (or with 1) everything here is a no-op for a single process, except that
+``parallel: fsdp`` still shards, over a process group of one: the same code path, checkpoint format and
+memory layout as on N ranks (and what a vLLM engine syncs from).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Dist:
     local_rank: int = 0
     sharded: bool = False
     """The models are sharded with FSDP2 (``parallel: fsdp``) rather than replicated."""
+    owns_group: bool = False
+    """This process group was started here (and is ended by ``close``), not found already running."""
 
     @property
     def main(self) -> bool:
@@ -64,15 +68,21 @@ class Dist:
     def from_env(cls, device: str = "auto", sharded: bool = False) -> Dist:
         """Join the process group torchrun describes in the environment (NCCL on CUDA, else gloo)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
+        if world <= 1 and not sharded:
             return cls()
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        if not torch.distributed.is_initialized():
+        rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        owns = not torch.distributed.is_initialized()
+        if owns:
             cuda = device_for(device, local_rank).type == "cuda"
             if cuda:
                 torch.cuda.set_device(local_rank)
-            torch.distributed.init_process_group("nccl" if cuda else "gloo")
-        return cls(rank, world, local_rank, sharded)
+            backend = "nccl" if cuda else "gloo"
+            if world <= 1:  # sharded in one process: a group of one, no rendezvous
+                torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0,
+                                                     world_size=1)
+            else:
+                torch.distributed.init_process_group(backend)
+        return cls(rank, max(world, 1), local_rank, sharded, owns)
 
     def shard(self, n: int) -> tuple[int, int]:
         """This rank's contiguous share [start, stop) of n items (sizes differ by at most one)."""
@@ -134,7 +144,7 @@ class Dist:
             torch.distributed.barrier()
 
     def close(self) -> None:
-        if self.enabled and torch.distributed.is_initialized():
+        if self.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 

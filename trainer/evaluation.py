@@ -30,7 +30,8 @@ from cgpo.precision import autocast
 from cgpo.trainer.config import GenerationConfig, TaskConfig
 from cgpo.trainer.data import Prompt, render
 from cgpo.trainer.ifeval import JUDGE as IFEVAL_JUDGE
-from cgpo.trainer.ifeval import accuracies as ifeval_accuracies
+from cgpo.trainer.ifeval import followed as ifeval_followed
+from cgpo.trainer.ifeval import from_followed as ifeval_accuracies
 from cgpo.trainer.logprobs import eval_mode, sequence_logprobs
 from cgpo.trainer.rollout import Rollouts, rollout_seed
 from cgpo.trainer.scoring import ScoringWork, TaskScores
@@ -112,7 +113,10 @@ def task_record(run: Run, shard: Shard, scores: TaskScores, own: TaskScores | No
     """One task's ``eval/TASK/...`` metrics over every rank's shard; its samples appended to ``samples``."""
     t, r = shard.task, shard.rollouts
     log_ratio = _log_ratios(run, shard.kl_rollouts) if kl else []
-    parts = run.dist.gather((scores, log_ratio, r.text, r.finished, own))
+    followed = None  # IFEval's flags: each rank judges its own share
+    if IFEVAL_JUDGE in t.judges:
+        followed = run.scorer.run(ifeval_followed(run.scorer.services.judges(t), shard.prompts, r.text))
+    parts = run.dist.gather((scores, log_ratio, r.text, r.finished, own, followed))
     s = TaskScores.concat([p[0] for p in parts])
     log_ratio = sum((p[1] for p in parts), [])
     texts = sum((p[2] for p in parts), [])
@@ -133,8 +137,9 @@ def task_record(run: Run, shard: Shard, scores: TaskScores, own: TaskScores | No
     for judge, rate in s.judge_rates().items():
         record[f"{prefix}/judge/{judge}/pass_rate"] = rate["pass_rate"]
         record[f"{prefix}/judge/{judge}/error_rate"] = rate["error_rate"]
-    if IFEVAL_JUDGE in t.judges:
-        accuracy = run.scorer.run(ifeval_accuracies(run.scorer.services.judges(t), eval_prompts, texts))
+    if followed is not None:
+        flags = {mode: sum((p[5][mode] for p in parts), []) for mode in followed}
+        accuracy = ifeval_accuracies(flags)
         record.update({f"{prefix}/ifeval/{key}": value for key, value in accuracy.items()})
     return record
 
@@ -148,7 +153,7 @@ def _log_ratios(run: Run, rollouts: Rollouts) -> list[float]:
     """ρ = log π_w(a|s) − log π_ref(a|s) of each response, at the training temperature, dropout off."""
     config, policy, reference = run.config, run.models.policy, run.models.reference
     temperature, size = config.generation.temperature, config.optim.micro_batch_size
-    lockstep = run.dist if run.dist.lockstep else None
+    lockstep = run.dist if run.dist.sharded else None
     with torch.no_grad(), eval_mode(policy), autocast(config.precision, policy):
         logp = sequence_logprobs(policy, rollouts.prompt_ids, rollouts.response_ids, temperature, size,
                                  lockstep).logprobs

@@ -24,17 +24,30 @@ METRICS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_l
 async def accuracies(client: Any, prompts: Sequence[Prompt], responses: Sequence[str]) -> dict[str, float]:
     """``METRICS`` -> accuracy in [0, 1] for one response per prompt (the prompts' metadata holds their
     ``instruction_id_list`` and ``kwargs``)."""
+    return from_followed(await followed(client, prompts, responses))
+
+
+async def followed(client: Any, prompts: Sequence[Prompt], responses: Sequence[str]) -> dict[str, list[list[bool]]]:
+    """Per mode (``strict``, ``loose``), per prompt, whether each of its instructions was followed: what the
+    accuracies are computed from, so that parts judged apart (one per rank) can be put together."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    out: dict[str, float] = {}
+    out: dict[str, list[list[bool]]] = {}
     for mode in ("strict", "loose"):
         items = [judge_item(p, r, [JUDGE], {**p.metadata, "strict": mode == "strict"})
                  for p, r in zip(prompts, responses)]
         results = await client.judge(items) if items else []
-        followed = [followed_flags(result.verdicts[JUDGE], p.metadata)
-                    for result, p in zip(results, prompts, strict=True)]
-        out[f"prompt_{mode}"] = _share(all(f) for f in followed)
-        out[f"instruction_{mode}"] = _share(x for f in followed for x in f)
+        out[mode] = [followed_flags(result.verdicts[JUDGE], p.metadata)
+                     for result, p in zip(results, prompts, strict=True)]
+    return out
+
+
+def from_followed(flags: dict[str, list[list[bool]]]) -> dict[str, float]:
+    """``METRICS`` from `followed`'s flags."""
+    out: dict[str, float] = {}
+    for mode in ("strict", "loose"):
+        out[f"prompt_{mode}"] = _share(all(f) for f in flags[mode])
+        out[f"instruction_{mode}"] = _share(x for f in flags[mode] for x in f)
     return out
 
 

@@ -269,6 +269,15 @@ class Lora:
     targets: tuple[str, ...] = LORA_TARGETS
 
 
+def _configured_lora(config: Any) -> Lora | None:
+    """The run config's ``lora`` (``all-linear``: every linear of a decoder layer)."""
+    lora = getattr(config, "lora", None)
+    if lora is None:
+        return None
+    targets = LORA_TARGETS if lora.target_modules == "all-linear" else tuple(lora.target_modules)
+    return Lora(lora.r, targets)
+
+
 @dataclass(frozen=True)
 class Setup:
     """How the run trains: the GPUs, the parallelism and what decides the transients."""
@@ -315,9 +324,10 @@ class Setup:
         if gen.engine == "vllm":
             share = _default(VLLMRollout.__init__, "gpu_memory_utilization")
         given = {k: v for k, v in given.items() if v is not None}
+        lora = Lora(lora_r, lora_targets) if lora_r is not None else _configured_lora(config)
         return cls(**{"parallel": config.parallel, **given}, precision=config.precision,
                    micro_batch=config.optim.micro_batch_size, new_tokens=gen.max_new_tokens,
-                   lora=Lora(lora_r, lora_targets) if lora_r is not None else None, vllm_share=share,
+                   lora=lora, vllm_share=share,
                    generation_rows=min(rows, gen.max_batch_rows or rows), engine=gen.engine)
 
     @property

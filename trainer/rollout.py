@@ -105,7 +105,8 @@ class HFRollout:
             raise ValueError("neither the tokenizer nor the model's generation config names an EOS token")
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.eos_ids)
-        params = inspect.signature(model.forward).parameters
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft passes kwargs on
+        params = inspect.signature(base.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], k: int, seed: int, prompt_offset: int = 0) -> Rollouts:

@@ -22,9 +22,10 @@ import torch
 
 from cgpo.precision import autocast
 from cgpo.trainer.baselines import Baselines, ShardedEngine, Sources, load_baselines, prepare_baselines
-from cgpo.trainer.checkpoint import TrainState, load_checkpoint
+from cgpo.trainer.checkpoint import TrainState, is_plain, load_checkpoint, recover_checkpoint, whole_policy
 from cgpo.trainer.config import ConfigError, RunConfig
 from cgpo.trainer.data import Prompt, PromptSampler, load_prompts
+from cgpo.trainer.lora import AdapterDisabled, add_adapters
 from cgpo.trainer.distributed import SINGLE, Dist, checkpoint_activations, device_for, shard_model
 from cgpo.trainer.metrics import MetricsSink
 from cgpo.trainer.monitor import HackingMonitor
@@ -98,7 +99,7 @@ def training_run(config: RunConfig, *, resume: bool, log: Log = print) -> Iterat
         models = load_models(config, device_for(config.device, dist.local_rank))
         if config.activation_checkpointing:
             checkpoint_activations(models.policy)
-        if dist.lockstep:
+        if dist.sharded:
             shard_models(models, config)
         optimizer, scheduler = make_optimizer(config, models.policy)
         data = load_data(config, training=True)
@@ -107,6 +108,9 @@ def training_run(config: RunConfig, *, resume: bool, log: Log = print) -> Iterat
         baselines = shared_baselines(config, dist, baseline_sources(config, dist, models, scorer), every, log,
                                      models.reference)
         start, checkpoint = 0, config.out / "checkpoint"
+        if resume and dist.main:
+            recover_checkpoint(checkpoint)
+        dist.barrier()
         if resume and checkpoint.exists():
             state = TrainState(models.policy, models.tokenizer, optimizer, scheduler, data.samplers, dist.sharded)
             start = load_checkpoint(checkpoint, state)
@@ -125,10 +129,13 @@ def training_run(config: RunConfig, *, resume: bool, log: Log = print) -> Iterat
 def evaluation_run(config: RunConfig, checkpoint: Path | None, log: Log = print) -> Iterator[Run]:
     """Set up the evaluation of a saved policy (or, without ``checkpoint``, of the initial one) against
     the initial policy as π_ref, in one process."""
-    config = config.model_copy(update={"reference": config.reference or config.policy,
-                                       "policy": str(checkpoint) if checkpoint is not None else config.policy})
+    plain = checkpoint is None or is_plain(checkpoint)  # else sharded or adapters: read whole below
+    config = config.model_copy(update={"reference": config.reference or config.policy, "lora": None,
+                                       "policy": str(checkpoint) if checkpoint and plain else config.policy})
     with contextlib.ExitStack() as stack:
         models = load_models(config)
+        if not plain:
+            models.policy = whole_policy(checkpoint).to(models.reference.device)
         data = load_data(config, training=False)
         if not data.eval_prompts:
             raise ConfigError("no task has eval_prompts: nothing to evaluate")
@@ -145,7 +152,7 @@ def evaluation_run(config: RunConfig, checkpoint: Path | None, log: Log = print)
 
 def baseline_sources(config: RunConfig, dist: Dist, models: Models, scorer: Scorer) -> Sources:
     """π_ref's sampler for the baselines: in this process, or with a sharded reference every rank's part."""
-    engine = HFRollout(models.reference, models.tokenizer, config.generation, lockstep=dist if dist.lockstep else None)
+    engine = HFRollout(models.reference, models.tokenizer, config.generation, lockstep=dist if dist.sharded else None)
     if dist.lockstep:
         return Sources(models.tokenizer, ShardedEngine(engine, dist), scorer.services, scorer.run, dist.main)
     return Sources(models.tokenizer, engine, scorer.services, scorer.run)
@@ -173,7 +180,11 @@ def load_models(config: RunConfig, device: Any = None) -> Models:
 
     device = device if device is not None else device_for(config.device)
     tokenizer = AutoTokenizer.from_pretrained(config.policy)
-    policy = AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32).to(device)
+    policy = AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32)
+    if config.lora is not None:  # π_ref: the same modules with the adapters off
+        policy = add_adapters(policy, config.lora, config.policy, bf16=config.precision == "bf16").to(device)
+        return Models(tokenizer, policy, AdapterDisabled(policy))
+    policy = policy.to(device)
     reference = (AutoModelForCausalLM.from_pretrained(config.reference, dtype=torch.float32).to(device)
                  if config.reference else copy.deepcopy(policy))
     reference.eval().requires_grad_(False)
@@ -191,7 +202,8 @@ def load_data(config: RunConfig, *, training: bool) -> Data:
 
 def make_optimizer(config: RunConfig, policy: Any) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW on the policy and the learning-rate schedule of ``optim``."""
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    trained = [p for p in policy.parameters() if p.requires_grad]  # with LoRA: the adapters
+    optimizer = torch.optim.AdamW(trained, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule_factor(config, s))
 
 
@@ -218,14 +230,15 @@ def require_engine(config: RunConfig) -> None:
 def shard_models(models: Models, config: RunConfig) -> None:
     """``parallel: fsdp``: the policy and the frozen reference sharded over the ranks (trainer/distributed.py)."""
     shard_model(models.policy, bf16=config.precision == "bf16")
-    shard_model(models.reference, bf16=config.precision == "bf16")
+    if models.reference is not models.policy and not isinstance(models.reference, AdapterDisabled):
+        shard_model(models.reference, bf16=config.precision == "bf16")
 
 
 def make_engine(config: RunConfig, models: Models, dist: Dist = SINGLE) -> RolloutEngine:
     """The rollout engine of ``generation.engine``: transformers on the policy itself, or vLLM kept in sync."""
     policy, tokenizer = models.policy, models.tokenizer
     if config.generation.engine == "hf":
-        return HFRollout(policy, tokenizer, config.generation, lockstep=dist if dist.lockstep else None)
+        return HFRollout(policy, tokenizer, config.generation, lockstep=dist if dist.sharded else None)
     from cgpo.trainer.vllm_rollout import VLLMRollout
 
     engine = VLLMRollout(config.policy, tokenizer, config.generation, seed=config.seed,

@@ -95,7 +95,7 @@ def task_update(policy: Any, reference: Any, batch: TaskBatch, *, temperature: f
     responses = list(rollouts.response_ids) + batch.baseline_ids  # samples, then the B baselines
     with eval_mode(policy):
         tic = time.perf_counter()
-        lockstep = dist if dist.lockstep else None
+        lockstep = dist if dist.sharded else None
         with torch.no_grad():
             logp = sequence_logprobs(policy, prompts, responses, temperature, micro_batch_size,
                                      lockstep).logprobs.cpu()

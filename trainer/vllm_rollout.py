@@ -18,14 +18,18 @@ step's whole batch (``prompt_offset`` + position); vLLM gives the k children of 
 rank generating a shard draws what one engine generating the whole batch would; samples are not
 comparable with ``HFRollout``'s for the same seed.
 
-Weight sync. ``sync_weights(policy)`` pushes the trainer policy's ``state_dict`` into the engine after
+Weight sync. ``sync_weights(policy)`` pushes the trainer policy's weights into the engine after
 each optimizer step through ``LLM.collective_rpc("reload_weights", ...)``: the worker's
 ``reload_weights`` (vllm 0.32 ``v1/worker/gpu_worker.py``, inherited by the CPU worker) runs the model's
 own ``load_weights`` on checkpoint-format (Hugging Face) names — so fused q/k/v and gate/up projections
 are re-stacked — inside vLLM's layer-wise reload, which re-runs any post-load weight processing. The
 prefix cache is then reset: KV blocks computed with the old weights must not be reused. In-process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) the tensors are handed over by reference; with the engine in its
-own process they are serialised through vLLM's msgpack RPC (a full copy per step).
+own process they are serialised through vLLM's msgpack RPC (a full copy per step). A sharded policy
+(``parallel: fsdp``) is gathered parameter by parameter in the same order on every rank; a LoRA policy
+is synced as merged weights W + (α/r)·B A rather than through vLLM's LoRA path: the engine then runs at
+the base model's speed with no adapter kernels, needs no ``enable_lora``/``max_lora_rank`` sizing, and
+the adapters never go through a file per step as a ``LoRARequest`` would need.
 
 vllm is imported only inside the class, so importing this module never needs it.
 """
@@ -118,15 +122,21 @@ class VLLMRollout:
     def sync_weights(self, policy: Any) -> None:
         """Load ``policy``'s current weights (a transformers model of the same architecture) into vLLM.
 
-        Call after each optimizer step, before the next ``generate``. Parameter names are the
-        checkpoint's (``model.layers.0.self_attn.q_proj.weight``...); tensors are cast and copied by
-        vLLM's weight loaders, so the policy may be on another device or in another dtype.
+        Call after each optimizer step, before the next ``generate``; on every rank of a sharded policy
+        (each rank's engine receives the whole weights). Parameter names are the checkpoint's
+        (``model.layers.0.self_attn.q_proj.weight``...). The tensors come one at a time from
+        ``full_weights`` (trainer/lora.py): a sharded parameter all-gathered, a LoRA adapter merged into
+        its base weight, each cast to the engine's dtype (bf16 for a bf16 engine), and consumed by
+        vLLM's weight loaders as they come when the engine runs in this process — no second state dict
+        is built. An engine in its own process gets them in one message.
         """
-        import torch
+        import os
 
-        module = getattr(policy, "module", policy)  # DDP / FSDP wrappers
-        with torch.no_grad():
-            weights = [(name, tensor.detach()) for name, tensor in module.state_dict().items()]
+        from cgpo.trainer.lora import full_weights
+
+        weights = full_weights(policy, dtype=self.llm.llm_engine.model_config.dtype)
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
+            weights = list(weights)  # sent to the engine's process in one message
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
                                                            "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()

@@ -43,6 +43,29 @@ def test_an_interrupted_run_resumes_with_identical_metrics(world):
         assert {k: a[k] for k in keys} == pytest.approx({k: b[k] for k in keys}, rel=1e-5, abs=1e-6)
 
 
+def test_a_save_stopped_between_its_renames_leaves_the_previous_checkpoint_to_resume_from(world, monkeypatch):
+    from pathlib import Path
+
+    config = write_config(world, "swapped", steps=2, checkpoint_every=1, eval_every=0)
+    train(load_config(config, ["steps=1"]), resume=False, log=lambda _: None)
+    rename = Path.rename
+
+    def stopped(self, target):  # the save at step 2 dies once the old checkpoint is moved aside
+        if self.name == "checkpoint.tmp":
+            raise OSError("the machine went down")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", stopped)
+    with pytest.raises(OSError, match="went down"):
+        train(load_config(config), resume=True, log=lambda _: None)
+    monkeypatch.undo()
+    out = world / "swapped"
+    assert not (out / "checkpoint").exists() and (out / "checkpoint.old" / "trainer_state.pt").is_file()
+    resumed = train(load_config(config), resume=True, log=lambda _: None)
+    assert [r["step"] for r in resumed] == [2]  # from the step-1 checkpoint, not from scratch
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
+
+
 def test_export_writes_the_checkpoints_policy_as_a_plain_transformers_model(world):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM

@@ -88,3 +88,16 @@ def test_an_interrupted_vllm_run_resumes_with_identical_metrics(run_yaml):
     for a, b in zip(whole, resumed, strict=True):
         keys = [k for k in a if not k.startswith("time/")]
         assert {k: a[k] for k in keys} == pytest.approx({k: b[k] for k in keys}, rel=1e-5, abs=1e-6)
+
+
+def test_a_sharded_lora_policy_trains_with_the_vllm_engine(run_yaml):
+    """``parallel: fsdp`` in one process (a group of one) with LoRA: vLLM samples from the merged, gathered
+    weights after every step, so the KL to π_ref (the base) grows from zero."""
+    root = run_yaml.parent
+    cgpo_train(run_yaml, "parallel=fsdp", "lora={r: 8, alpha: 32}", "optim.lr=3.0e-2", f"output_dir={root}/lora")
+    records = metrics(root / "lora")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert abs(records[0]["lower/kl"]) < 1e-4  # the adapters start at B = 0: the policy is the base
+    assert records[-1]["lower/kl"] > 0.01
+    checkpoint = root / "lora" / "checkpoint"
+    assert (checkpoint / "dcp").is_dir() and (checkpoint / "adapter_config.json").is_file()

@@ -16,6 +16,7 @@ from cgpo.trainer.logprobs import sequence_logprobs
 from cgpo.trainer.plan import (BUILTIN, GB, LORA_TARGETS, Architecture, Lora, Setup, activation_bytes, gathered_bytes,
                                held_states, lora_tensors, numel, parameter_count, plan, policy_tensors, shard_rows)
 from tests.conftest import free_port
+from tests.trainer.fsdp_held_bytes import CASES
 
 SCRIPT = Path(__file__).with_name("fsdp_held_bytes.py")
 
@@ -78,9 +79,10 @@ def test_two_fsdp_ranks_hold_what_the_plan_says(tmp_path, subprocess_env):
     kinds = ("parameters", "gradients", "optimizer", "reference")
     for rank in (0, 1):
         measured = json.loads((tmp_path / f"rank-{rank}.json").read_text())
-        for case, (tied, precision) in {"untied-fp32": (False, "fp32"), "tied-bf16": (True, "bf16")}.items():
+        for case, (tied, precision, r) in CASES.items():
             _, arch = tiny(tied)
-            setup = Setup(gpus=2, gpu_memory=80, parallel="fsdp", precision=precision)
+            setup = Setup(gpus=2, gpu_memory=80, parallel="fsdp", precision=precision,
+                          lora=Lora(r) if r is not None else None)
             for padded, view in ((False, "local"), (True, "allocated")):
                 states = held_states(arch, setup, rank, padded)
                 got = {kind: measured[case][kind][view] for kind in kinds}
@@ -91,6 +93,9 @@ def test_two_fsdp_ranks_hold_what_the_plan_says(tmp_path, subprocess_env):
                 assert {kind: getattr(table, kind) for kind in kinds} == got
         # under MixedPrecisionPolicy(bf16, reduce fp32) the sharded parameters (the masters) and gradients stay fp32
         assert measured["tied-bf16"]["dtypes"] == {"parameters": "torch.float32", "gradients": "torch.float32"}
+        # LoRA: the adapters (fp32 masters under bf16 too) are all that is trained; the base gets no gradient
+        assert measured["lora-bf16"]["dtypes"] == {"parameters": "torch.float32", "gradients": "torch.float32"}
+        assert measured["lora-bf16"]["untrained_grads"] == measured["lora-fp32"]["untrained_grads"] == 0
     unpadded = json.loads((tmp_path / "rank-1.json").read_text())["untied-fp32"]["parameters"]
     assert unpadded["local"] < unpadded["allocated"]  # the odd sizes did pad rank 1's shards
 

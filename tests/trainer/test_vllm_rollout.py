@@ -15,6 +15,7 @@ samples still vary in length and some are cut at ``max_new_tokens``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -87,8 +88,47 @@ def run_vllm(model_dir: str, out_path: str) -> None:
     rollout.sync_weights(model)
     result["greedy_after"] = dataclasses.asdict(rollout.generate(batch, 1, seed=0))
     result["hf_greedy_perturbed"] = dataclasses.asdict(HFRollout(model, tokenizer, greedy).generate(batch, 1, 0))
+    result.update(sharded_lora(model_dir, tokenizer, rollout, batch))
     rollout.close()
     Path(out_path).write_text(json.dumps(result))
+
+
+def sharded_lora(model_dir: str, tokenizer, rollout, batch: list[list[int]]) -> dict:
+    """A LoRA policy sharded with FSDP2 (a group of one) with random adapters, synced into the engine: its
+    samples, the policy's own log-probs of them, and greedy decoding by vLLM and by the merged model."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cgpo.trainer.distributed import Dist, shard_model
+    from cgpo.trainer.logprobs import sequence_logprobs
+    from cgpo.trainer.lora import add_adapters
+    from cgpo.trainer.rollout import HFRollout
+
+    dist = Dist.from_env("cpu", sharded=True)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    settings = SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules="all-linear")
+    policy = add_adapters(policy, settings, model_dir, bf16=False).eval()
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    merged = copy.deepcopy(policy).merge_and_unload()
+    shard_model(policy, bf16=False)
+    sampling = rollout.with_generation(rollout.config.model_copy(update={"top_p": 1.0}))
+    rollout.sync_weights(policy)
+    out = {"lora_sampled": dataclasses.asdict(sampling.generate(batch, K, seed=2))}
+    with torch.no_grad():
+        out["lora_policy_logprobs"] = sequence_logprobs(policy, out["lora_sampled"]["prompt_ids"],
+                                                        out["lora_sampled"]["response_ids"]).logprobs.tolist()
+    greedy = rollout.config.model_copy(update={"top_p": 1e-6})
+    out["lora_greedy"] = dataclasses.asdict(rollout.with_generation(greedy).generate(batch, 1, seed=0))
+    out["lora_hf_greedy"] = dataclasses.asdict(HFRollout(merged, tokenizer, greedy).generate(batch, 1, 0))
+    dist.close()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +216,16 @@ def test_sync_weights_matches_perturbed_hf_model(result):
     assert after["finished"] == hf["finished"]
     # Processed log-probs: the nucleus is one token, renormalised to probability 1.
     assert all(abs(lp) <= 1e-4 for lp in after["sampling_logprobs"])
+
+
+def test_a_sharded_lora_policy_syncs_as_its_merged_weights(result):
+    """FSDP2-sharded (a group of one) with adapters: vLLM samples what the policy itself scores, and decodes
+    greedily as the merged model does."""
+    sampled = result["lora_sampled"]
+    for theirs, mine in zip(sampled["sampling_logprobs"], result["lora_policy_logprobs"], strict=True):
+        assert abs(theirs - mine) <= LOGPROB_TOL
+    assert result["lora_greedy"]["response_ids"] == result["lora_hf_greedy"]["response_ids"]
+    assert result["lora_greedy"]["response_ids"] != result["greedy_before"]["response_ids"]  # the adapters act
 
 
 if __name__ == "__main__":
