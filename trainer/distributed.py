@@ -139,6 +139,11 @@ class Dist:
         if any(p != prints[0] for p in prints):
             raise RuntimeError(f"data-parallel replicas diverged: weight fingerprints per rank {prints}")
 
+    def share_rng(self) -> None:
+        """Every rank continues with rank 0's torch RNG state."""
+        if self.enabled:
+            torch.set_rng_state(self.gather(torch.get_rng_state())[0])
+
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier()
@@ -171,6 +176,31 @@ def shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
     return model
+
+
+def materialize(model: torch.nn.Module, build: Any, device: torch.device, dist: Dist) -> None:
+    """Give a sharded skeleton (built on the meta device, then ``fully_shard``-ed) memory on ``device`` —
+    each rank its own shards — and the weights of ``build()``, which only rank 0 calls (on the host):
+    its state is broadcast tensor by tensor into every rank's shards (``broadcast_from_rank0``), each
+    tensor cast to the skeleton's dtype, and its buffers (RoPE's ``inv_freq``, which no state dict
+    holds) broadcast after it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.to_empty(device=device)
+    source = build() if dist.main else None
+    state = {}
+    if source is not None:
+        dtypes = {name: t.dtype for name, t in model.state_dict().items()}
+        state = {name: t.to(dtypes.get(name, t.dtype)) for name, t in source.state_dict().items()}
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    buffers = dict(source.named_buffers()) if source is not None else {}
+    del source, state
+    for name, buffer in model.named_buffers():
+        value = buffers[name].to(buffer.device, buffer.dtype) if dist.main else torch.empty_like(buffer)
+        if dist.enabled:
+            torch.distributed.broadcast(value, src=0)
+        with torch.no_grad():
+            buffer.copy_(value)
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

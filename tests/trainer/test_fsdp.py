@@ -240,3 +240,51 @@ def test_ranks_with_different_work_run_the_same_passes_and_get_one_process_resul
     norm = sum(float(p.grad.pow(2).sum()) for p in policy.parameters() if p.grad is not None)
     # FSDP averages over the two ranks: rank 0's gradient, halved (the trainer multiplies by the world size)
     assert rank0["norm"] == pytest.approx(norm / 4, rel=1e-4) and rank1["norm"] == rank0["norm"]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("lora", [False, True])
+def test_sharded_models_built_from_skeletons_equal_the_loaded_ones(tmp_path, tied, lora):
+    """``load_sharded_models`` (meta-device skeletons, sharded, then filled from rank 0's host copy; here a
+    group of one) gives the policy and π_ref that ``load_models`` gives: the same log-probs, tied weights
+    still tied, RoPE's buffers restored, and the RNG where one process leaves it."""
+    from cgpo.trainer.config import build_config
+    from cgpo.trainer.distributed import Dist
+    from cgpo.trainer.logprobs import sequence_logprobs
+    from cgpo.trainer.setup import load_models, load_sharded_models
+    from tests.tiny_models import build_model, build_tokenizer, save_tiny_model
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, initializer_range=0.2)
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.model.embed_tokens.weight
+    path = save_tiny_model(tmp_path / "policy", tokenizer=tokenizer, model=model)
+    task = {"name": "t", "prompts": "unused.jsonl", "reward_model": {"embedded": "rm"}}
+    raw = {"policy": str(path), "tasks": [task]}
+    if lora:
+        raw["lora"] = {"r": 4, "alpha": 8}
+    config = build_config(raw)
+    prompts, responses = [[1, 40, 41], [1, 42]], [[50, 51, 52], [53]]
+    dist = Dist.from_env("cpu", sharded=True)
+    try:
+        torch.manual_seed(3)
+        loaded = load_models(config, torch.device("cpu"))
+        rng = torch.get_rng_state()
+        torch.manual_seed(3)
+        sharded = load_sharded_models(config, torch.device("cpu"), dist)
+        assert torch.equal(torch.get_rng_state(), rng)
+        from torch.distributed.tensor import DTensor
+
+        assert all(isinstance(p, DTensor) for p in sharded.policy.parameters())
+        with torch.no_grad():
+            for name in ("policy", "reference"):
+                a = sequence_logprobs(getattr(loaded, name), prompts, responses).logprobs
+                b = sequence_logprobs(getattr(sharded, name), prompts, responses).logprobs
+                torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+        base = sharded.policy.get_base_model() if lora else sharded.policy
+        assert (base.lm_head.weight is base.model.embed_tokens.weight) == tied
+        rope = dict(base.named_buffers())["model.rotary_emb.inv_freq"]
+        torch.testing.assert_close(rope, dict(model.named_buffers())["model.rotary_emb.inv_freq"])
+    finally:
+        dist.close()
