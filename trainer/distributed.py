@@ -164,7 +164,8 @@ def collective_device() -> torch.device:
 def shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
     """``model`` sharded in place with FSDP2: each decoder layer, then the root (embeddings, final norm,
     head). ``bf16``: the layers compute in bf16 and reduce gradients in fp32 over fp32 parameters
-    (``MixedPrecisionPolicy``); a frozen model is simply held in bf16 then."""
+    (``MixedPrecisionPolicy``); a frozen model is simply held in bf16 then. A frozen model's root is
+    resharded after each forward (FSDP would keep it gathered for a backward)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     trainable = any(p.requires_grad for p in model.parameters())
@@ -175,6 +176,8 @@ def shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
     fully_shard(model, **kwargs)
+    if not trainable:  # FSDP keeps a root unsharded after its forward, for a backward a frozen model never runs
+        model.register_forward_hook(lambda module, args, output: module.reshard())
     return model
 
 

@@ -28,8 +28,10 @@ vLLM's share plus the largest phase:
 - *all-gathered / cast weights*, alive in every phase that runs the policy. ``fsdp``: the root's
   unsharded parameters (embedding, final norm, ``lm_head``: FSDP2 keeps the root unsharded from forward
   to backward), two decoder layers' (the layer computed and the one prefetched), one layer's unsharded
-  fp32 gradient before its reduce-scatter, and π_ref's unsharded root — in the compute dtype, bf16 under
-  ``precision: bf16`` (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``). ``ddp`` with
+  fp32 gradient before its reduce-scatter — in the compute dtype, bf16 under ``precision: bf16``
+  (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``). π_ref's root is gathered only during
+  its own forward passes (the trainer reshards a frozen model after each, trainer/distributed.py), which
+  run without grad and so are never the peak. ``ddp`` with
   bf16: autocast's bf16 copies of the fp32 weights that go through a matmul (every linear and
   ``lm_head``; autocast caches them until its region ends); with LoRA only the adapters' (the base is
   bf16 already).
@@ -446,8 +448,7 @@ def gathered_bytes(arch: Architecture, setup: Setup) -> int:
     adapters = [t for t in trained_tensors(arch, setup) if t[0].startswith("model.layers.0.")] if setup.lora else []
     units = numel(root_tensors(arch)) + min(2, arch.num_hidden_layers) * numel(layer + adapters)
     layer_grads = numel(adapters if setup.lora else layer)
-    reference_root = 0 if setup.lora else numel(root_tensors(arch)) * a
-    return a * units + 4 * layer_grads + reference_root
+    return a * units + 4 * layer_grads
 
 
 def activation_bytes(arch: Architecture, setup: Setup) -> tuple[int, int]:
@@ -497,8 +498,8 @@ def _rows(p: Plan) -> list[tuple[str, int, str]]:
     base = f"; frozen base in {'bf16' if s.bf16 else 'fp32'}" if s.lora else ""
     reference = ("none: the base with the adapters disabled" if s.lora else
                  f"{'bf16' if s.bf16 and s.parallel == 'fsdp' else 'fp32'}, {where}")
-    gathered = ("root + 2 layers unsharded, 1 layer's fp32 gradient" + ("" if s.lora else ", π_ref's root")
-                if s.parallel == "fsdp" else "bf16 copies of the matmul weights (autocast)")
+    gathered = ("root + 2 layers unsharded, 1 layer's fp32 gradient" if s.parallel == "fsdp" else
+                "bf16 copies of the matmul weights (autocast)")
     update = "AdamW's √v" + (", the gradient all-reduce" if s.parallel == "ddp" and s.gpus > 1 else "")
     return [
         ("policy parameters", states.parameters, f"{trained} in fp32{base}, {where}"),

@@ -18,7 +18,7 @@ if str(Path(__file__).resolve().parents[2]) not in sys.path:  # after an install
 
 from benchmarks.gpu.common import Context, environment, write  # noqa: E402
 
-PARTS = ("rollouts", "trainer_step", "rm_service", "llm_judges", "nccl")
+PARTS = ("rollouts", "trainer_step", "rm_service", "llm_judges", "nccl", "sharding")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,8 @@ rm -rf .gpu && mkdir -p .gpu/wheels .gpu/debs .gpu/smollm2
 # What the CUDA image lacks (it has torch, transformers, numpy, httpx, aiohttp, prometheus-client, pyyaml,
 # sympy, uvloop, ...). Pure-Python packages published only as source are built into wheels here.
 BINARY="pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 typing-inspection annotated-types
-  python-dotenv fastapi starlette uvicorn redis math-verify latex2sympy2-extended antlr4-python3-runtime==4.13.2"
+  python-dotenv fastapi starlette uvicorn redis math-verify latex2sympy2-extended antlr4-python3-runtime==4.13.2
+  peft accelerate"
 for spec in $BINARY; do
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

@@ -20,6 +20,7 @@ PART_TITLES = {
     "rm_service": "3. Reward-model service",
     "llm_judges": "4. LLM judges",
     "nccl": "5. NCCL code path (torchrun, one process)",
+    "sharding": "6. Sharded training on one GPU (ddp, fsdp, LoRA, checkpointing)",
 }
 
 

@@ -2,7 +2,7 @@
 # Every GPU path of the project checked and timed in one run (benchmarks/README.md, "GPU checks").
 #
 #   benchmarks/gpu/prepare.sh                  # here, once: wheels, redis-server, SmolLM2's config -> .gpu/
-#   benchmarks/gpu/run.sh --out DIR            # on the GPU machine, with .gpu/ carried: about 8 minutes
+#   benchmarks/gpu/run.sh --out DIR            # on the GPU machine, with .gpu/ carried: at most 9 minutes
 #   benchmarks/gpu/run.sh --dry-run --out DIR  # toy sizes on the CPU (what make test runs)
 #
 # Prints the versions first, installs only what the machine lacks (from .gpu/, nothing is downloaded),
@@ -47,7 +47,7 @@ import importlib.util, platform
 import torch
 print(f"python {platform.python_version()}  torch {torch.__version__}  cuda {torch.version.cuda}  "
       f"gpu {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
-for name in ("transformers", "vllm", "fastapi", "redis", "aiohttp"):
+for name in ("transformers", "peft", "vllm", "fastapi", "redis", "aiohttp"):
     found = importlib.util.find_spec(name) is not None
     version = ""
     if found:
@@ -63,7 +63,7 @@ EOF
 
 echo "== installs"
 if [ -z "$DRY" ]; then
-  if ! "$PY" -c "import cgpo.services.common.settings, fastapi, redis" 2>/dev/null; then
+  if ! "$PY" -c "import cgpo.services.common.settings, fastapi, redis, peft" 2>/dev/null; then
     if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
       "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" .gpu/wheels/*.whl \
         && export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}" && echo "installed $(ls .gpu/wheels | wc -l) wheels"
@@ -83,9 +83,9 @@ export PATH="$(dirname "$PY"):$PATH"  # torchrun of this Python
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$REPO"
 cd "$WORK"
 
-# name:seconds on the GPU (the whole run stays under about 8 minutes); the dry run gets more per part
+# name:seconds on the GPU (the whole run stays under 9 minutes); the dry run gets more per part
 # on a shared CPU, as it measures nothing.
-for spec in rollouts:90 trainer_step:150 rm_service:110 llm_judges:90 nccl:45; do
+for spec in rollouts:90 trainer_step:130 rm_service:110 llm_judges:90 nccl:45 sharding:70; do
   part=${spec%%:*}
   limit=${spec##*:}
   [ -n "$DRY" ] && limit=$((limit * 3))
