@@ -96,13 +96,7 @@ def training_run(config: RunConfig, *, resume: bool, log: Log = print) -> Iterat
         log = log if dist.main else _quiet
         _check_shards(config, dist)
         _start_output(config, dist)
-        device = device_for(config.device, dist.local_rank)
-        if dist.sharded:
-            models = load_sharded_models(config, device, dist)
-        else:
-            models = load_models(config, device)
-            if config.activation_checkpointing:
-                checkpoint_activations(models.policy)
+        models = training_models(config, device_for(config.device, dist.local_rank), dist)
         optimizer, scheduler = make_optimizer(config, models.policy)
         data = load_data(config, training=True)
         scorer = stack.enter_context(Scorer(config.tasks, _extra_reward_models(config)))
@@ -174,6 +168,17 @@ def shared_baselines(config: RunConfig, dist: Dist, sources: Sources, prompts: d
     if not dist.main:
         baselines = {t.name: load_baselines(t, prompts[t.name], config) for t in config.tasks}
     return baselines
+
+
+def training_models(config: RunConfig, device: Any, dist: Dist) -> Models:
+    """The models a training run trains: sharded when ``dist`` is, with activation checkpointing when
+    configured."""
+    if dist.sharded:
+        return load_sharded_models(config, device, dist)
+    models = load_models(config, device)
+    if config.activation_checkpointing:
+        checkpoint_activations(models.policy)
+    return models
 
 
 def load_models(config: RunConfig, device: Any = None) -> Models:

@@ -76,9 +76,9 @@ def trainer_update(ctx: Context, policy: Any, settings: dict[str, Any], batch: t
     import torch
 
     from cgpo.precision import autocast
-    from cgpo.trainer.distributed import checkpoint_activations, device_for
+    from cgpo.trainer.distributed import SINGLE, device_for
     from cgpo.trainer.logprobs import sequence_logprobs
-    from cgpo.trainer.setup import load_models, load_sharded_models, make_optimizer
+    from cgpo.trainer.setup import make_optimizer, training_models
     from cgpo.trainer.step import _backward_through_policy
 
     prompts, responses, m = batch
@@ -86,12 +86,7 @@ def trainer_update(ctx: Context, policy: Any, settings: dict[str, Any], batch: t
     device = device_for(config.device)
     release(ctx)
     with peak_memory(ctx) as memory:
-        if config.parallel == "fsdp":
-            models = load_sharded_models(config, device, dist)
-        else:
-            models = load_models(config, device)
-            if config.activation_checkpointing:
-                checkpoint_activations(models.policy)
+        models = training_models(config, device, dist if config.parallel == "fsdp" else SINGLE)
         optimizer, _ = make_optimizer(config, models.policy)
         lockstep = dist if config.parallel == "fsdp" else None
         unit = torch.ones(len(prompts))
