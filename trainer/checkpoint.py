@@ -13,6 +13,7 @@ vLLM load (``cgpo export``); a LoRA checkpoint into a peft adapter directory or,
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from dataclasses import dataclass
@@ -102,6 +103,8 @@ def load_checkpoint(directory: Path, state: TrainState) -> int:
         written = "with LoRA adapters" if not is_lora(state.policy) else "for a fully fine-tuned policy"
         raise ValueError(f"checkpoint {directory} was written {written}; resume it with the lora settings it "
                          "was written with")
+    if is_lora(state.policy):
+        check_adapters(state.policy, directory)
     if state.sharded:
         _load_shards(state, directory / SHARDS)
     elif is_lora(state.policy):
@@ -117,6 +120,24 @@ def load_checkpoint(directory: Path, state: TrainState) -> int:
     random.setstate(saved["rng"]["python"])
     torch.set_rng_state(saved["rng"]["torch"])
     return int(saved["step"])
+
+
+def check_adapters(policy: Any, directory: Path) -> None:
+    """Raise unless the checkpoint's adapters are the run's: rank, scale, targets and base model."""
+    saved = json.loads((directory / ADAPTER_CONFIG).read_text())
+    ours = policy.peft_config[ADAPTER]
+    fields = {"r": (saved.get("r"), ours.r), "lora_alpha": (saved.get("lora_alpha"), ours.lora_alpha),
+              "target_modules": (_targets(saved.get("target_modules")), _targets(ours.target_modules)),
+              "base model": (saved.get("base_model_name_or_path"), ours.base_model_name_or_path)}
+    differ = {name: pair for name, pair in fields.items() if pair[0] != pair[1]}
+    if differ:
+        described = "; ".join(f"{name}: checkpoint {a!r}, run {b!r}" for name, (a, b) in differ.items())
+        raise ValueError(f"checkpoint {directory} holds other adapters than the run's ({described}); resume "
+                         "with the lora settings and policy it was written with")
+
+
+def _targets(targets: Any) -> Any:
+    return targets if isinstance(targets, str) or targets is None else sorted(targets)
 
 
 def export(checkpoint: Path, out: Path, merge: bool = False) -> Path:
@@ -235,7 +256,8 @@ def _options(policy: Any) -> Any:
     """What a sharded checkpoint holds of the policy: every weight, or with LoRA the adapters only."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=is_lora(policy))
+    lora = is_lora(policy)  # the frozen base is not saved, so it is not expected back either
+    return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
 
 
 def _weights_only_planner() -> Any:

@@ -169,8 +169,9 @@ def shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     trainable = any(p.requires_grad for p in model.parameters())
-    if bf16 and not trainable:
-        model.to(torch.bfloat16)
+    if bf16 and not trainable:  # the weights only: RoPE's frequencies (buffers) stay fp32, as the policy's
+        for p in model.parameters():
+            p.data = p.data.to(torch.bfloat16)
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     kwargs = {"mp_policy": policy} if policy is not None else {}
     for layer in decoder_layers(model):

@@ -6,8 +6,12 @@ the adapters are trained: AdamW, the gradients and their all-reduce or reduce-sc
 The frozen base is held in bf16 under ``precision: bf16`` and in fp32 otherwise; the adapters are fp32.
 
 π_ref is the same modules with the adapters switched off (`AdapterDisabled`): no second copy of the
-weights, and log π_ref is exactly the base model's. Checkpoints hold the adapters (and the base's
-location); ``cgpo export`` writes them as a peft adapter directory or, with ``--merge``, as the base with
+weights, and log π_ref is exactly the base model's (in the run's precision: a bf16 run's base is held in
+bf16, which its bf16 compute would round the weights to anyway). Adapters go on the linears of the
+decoder layers only: an adapter on the embeddings or on a tied LM head would not merge into one weight.
+
+Checkpoints hold the adapters (and the base's location, checked on resume with the rank, scale and
+targets); ``cgpo export`` writes them as a peft adapter directory or, with ``--merge``, as the base with
 W + (α/r)·B A merged in. The vLLM engine receives the merged weights (`full_weights`), so it decodes at
 the base model's speed with no adapter kernels, and its sync is the same as for full fine-tuning.
 """
@@ -38,11 +42,22 @@ def add_adapters(model: Any, settings: Any, base: str, bf16: bool) -> Any:
         policy = get_peft_model(model, config)
     except ValueError as exc:  # peft: none of the target modules exist in the model
         raise ValueError(f"lora.target_modules: {exc}") from None
+    outside = sorted({name.rsplit(".", 1)[-1] for name, module in policy.named_modules()
+                      if hasattr(module, "lora_A") and not _in_a_layer_linear(name, module)})
+    if outside:
+        raise ValueError(f"lora.target_modules: {', '.join(outside)} is not a linear of a decoder layer; adapters "
+                         "go on the layers' projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+                         "down_proj), where they merge exactly and sync to vLLM")
     if bf16:
         for p in policy.parameters():
             if not p.requires_grad:
                 p.data = p.data.to(torch.bfloat16)
     return policy
+
+
+def _in_a_layer_linear(name: str, module: Any) -> bool:
+    base = getattr(module, "base_layer", None)
+    return isinstance(base, torch.nn.Linear) and ".layers." in name
 
 
 def is_lora(model: Any) -> bool:

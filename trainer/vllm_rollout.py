@@ -128,7 +128,7 @@ class VLLMRollout:
         ``full_weights`` (trainer/lora.py): a sharded parameter all-gathered, a LoRA adapter merged into
         its base weight, each cast to the engine's dtype (bf16 for a bf16 engine), and consumed by
         vLLM's weight loaders as they come when the engine runs in this process — no second state dict
-        is built. An engine in its own process gets them in one message.
+        is built. An engine in its own process gets them in one message, gathered on the host.
         """
         import os
 
@@ -136,7 +136,9 @@ class VLLMRollout:
 
         weights = full_weights(policy, dtype=self.llm.llm_engine.model_config.dtype)
         if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
-            weights = list(weights)  # sent to the engine's process in one message
+            # sent to the engine's process in one message: gathered on the host, one tensor at a time,
+            # so the GPU never holds more than one whole tensor beyond the policy's own shards
+            weights = [(name, tensor.cpu()) for name, tensor in weights]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
                                                            "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()

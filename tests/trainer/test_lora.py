@@ -105,13 +105,15 @@ def test_the_checkpoint_holds_the_adapters_and_both_exports_agree_with_the_polic
     torch.testing.assert_close(logprobs(loaded), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_resumed_lora_run_equals_an_uninterrupted_one(world):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_resumed_lora_run_equals_an_uninterrupted_one(world, parallel):
+    """Whole adapters (one process) or their shards (``fsdp``, a group of one) resume exactly."""
     from cgpo.trainer.loop import train
 
-    lora = [f"lora={{r: {R}, alpha: {ALPHA}}}"]
-    path = write_config(world, "lora-whole", steps=3, lr=3e-2, checkpoint_every=2)
+    lora = [f"lora={{r: {R}, alpha: {ALPHA}}}", f"parallel={parallel}"]
+    path = write_config(world, f"lora-whole-{parallel}", steps=3, lr=3e-2, checkpoint_every=2)
     whole = train(load_config(path, lora), resume=False, log=lambda _: None)
-    parts = [f"output_dir={world}/lora-parts", *lora]
+    parts = [f"output_dir={world}/lora-parts-{parallel}", *lora]
     train(load_config(path, [*parts, "steps=2"]), resume=False, log=lambda _: None)
     resumed = train(load_config(path, parts), resume=True, log=lambda _: None)
     assert [r["step"] for r in resumed] == [3]
@@ -131,6 +133,25 @@ def test_lora_settings_are_checked(world):
 
     with pytest.raises(ValueError, match="lora.target_modules"):
         load_models(load_config(path, ["lora={target_modules: [no_such_proj]}"]), "cpu")
+    for outside in ("lm_head", "embed_tokens"):  # not a linear of a decoder layer: no exact merge, no sync
+        with pytest.raises(ValueError, match=f"lora.target_modules: .*{outside}"):
+            load_models(load_config(path, [f"lora={{target_modules: [q_proj, {outside}]}}"]), "cpu")
+
+
+def test_a_lora_checkpoint_resumes_only_with_the_adapters_it_was_written_with(lora_run, world):
+    from cgpo.trainer.checkpoint import TrainState, load_checkpoint
+    from cgpo.trainer.setup import load_models, make_optimizer
+
+    run, _ = lora_run
+    path = write_config(world, "other-adapters", steps=1)
+    for changed in (f"lora={{r: {R}, alpha: {2 * ALPHA}, target_modules: [{', '.join(TARGETS)}]}}",
+                    f"lora={{r: {2 * R}, alpha: {ALPHA}, target_modules: [{', '.join(TARGETS)}]}}",
+                    f"lora={{r: {R}, alpha: {ALPHA}, target_modules: [q_proj]}}"):
+        config = load_config(path, [changed])
+        models = load_models(config, "cpu")
+        optimizer, scheduler = make_optimizer(config, models.policy)
+        with pytest.raises(ValueError, match="adapters"):
+            load_checkpoint(run.checkpoint_dir, TrainState(models.policy, models.tokenizer, optimizer, scheduler, {}))
 
 
 def test_a_checkpoint_resumes_only_the_way_it_was_written(lora_run, world):
