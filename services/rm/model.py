@@ -102,12 +102,54 @@ class RewardModel:
         return self._truncate(full_ids, self._common_prefix(prefix_ids, full_ids))
 
     def encode_text(self, text: str, prompt: str | None = None) -> Encoded:
-        """Ids of an already formatted text (OpenRLHF's protocol); ``prompt`` marks the part that may be cut."""
-        ids = self.tokenizer(text, add_special_tokens=True).input_ids
+        """Ids of an already formatted text (OpenRLHF's protocol), as `encode` gives them for the same
+        conversation; ``prompt`` marks the part that may be cut.
+
+        A trainer sends what it decoded with its special tokens: padding around the text is dropped; a
+        text that starts with the BOS token is tokenized without adding another; and the end of the
+        assistant turn that the chat template writes after the response (a newline after the EOS, or the
+        whole end of turn when the response was cut before its EOS) is completed, so that the model reads
+        the sequence it was trained on."""
+        tok = self.tokenizer
+        text = self._unpadded(text)
+        text += self._turn_end_missing(text)
+        special = not (tok.bos_token and text.startswith(tok.bos_token))
+        ids = tok(text, add_special_tokens=special).input_ids
         prompt_len = 0
+        prompt = self._unpadded(prompt or "")
         if prompt and text.startswith(prompt):
-            prompt_len = self._common_prefix(self.tokenizer(prompt, add_special_tokens=True).input_ids, ids)
+            prompt_len = self._common_prefix(tok(prompt, add_special_tokens=special).input_ids, ids)
         return self._truncate(ids, prompt_len)
+
+    def _unpadded(self, text: str) -> str:
+        pad = self.tokenizer.pad_token
+        if not pad:
+            return text
+        while text.startswith(pad):
+            text = text[len(pad):]
+        while text.endswith(pad):
+            text = text[: -len(pad)]
+        return text
+
+    def _turn_end_missing(self, text: str) -> str:
+        """What the chat template writes after an assistant response (e.g. ``</s>`` and a newline) that
+        ``text`` does not end with yet: the rest of it after the longest part already there."""
+        end = self._turn_end()
+        for k in range(len(end), 0, -1):
+            if text.endswith(end[:k]):
+                return end[k:]
+        return end
+
+    def _turn_end(self) -> str:
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            return ""  # `encode` writes nothing after the response without a template
+        if not hasattr(self, "_end_of_turn"):
+            marker = "\u2063cgpo-response\u2063"
+            turns = [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}]
+            full = tok.apply_chat_template(turns, tokenize=False)
+            self._end_of_turn = full[full.rfind(marker) + len(marker):] if marker in full else ""
+        return self._end_of_turn
 
     def _truncate(self, ids: list[int], prompt_len: int) -> Encoded:
         if len(ids) <= self.max_length:

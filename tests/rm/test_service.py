@@ -112,6 +112,46 @@ def test_openrlhf_get_reward_round_trip(rm_path):
     assert mismatch.status_code == 400 and mismatch.json()["error"]["code"] == "bad_request"
 
 
+def test_openrlhf_payloads_score_as_v1_score_scores_the_same_conversation(rm_path):
+    """What OpenRLHF's executor posts to ``--remote_rm_url``: one query per request, the chat-formatted
+    prompt and the generated ids decoded with their special tokens (so the text starts with BOS and, when
+    the response finished, ends with EOS; left padding when batched), and ``labels`` that may be null.
+    Each must score as ``/v1/score`` scores the same prompt and response."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(rm_path)
+    config = RMConfig(models=(f"helpful={rm_path}",))
+    prompt = "Write a short note about the sea."
+    prompt_text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          tokenize=False)
+    prompt_ids = tok(prompt_text, add_special_tokens=False).input_ids
+    finished, cut = "The sea is calm today.", "Waves"
+    cases = {  # response text as /v1/score gets it -> the ids the policy generated after the prompt
+        finished: tok(finished, add_special_tokens=False).input_ids + [tok.eos_token_id],
+        cut: tok(cut, add_special_tokens=False).input_ids,  # stopped at max_new_tokens: no EOS
+    }
+    payloads = []
+    for response, ids in cases.items():
+        for pad in (0, 3):
+            query = tok.decode([tok.pad_token_id] * pad + prompt_ids + ids, skip_special_tokens=False)
+            payloads.append((response, {"query": [query], "prompts": [prompt_text], "labels": None}))
+    assert payloads[0][1]["query"][0].startswith(tok.bos_token)
+
+    async def scenario():
+        async with serve(ServiceSettings(), config) as client:
+            scored = await client.post("/v1/score", json={"model": "helpful", "items": [
+                {"prompt": prompt, "response": response} for response in cases]})
+            rewards = [await client.post("/get_reward", json=body) for _, body in payloads]
+            return scored, rewards
+
+    scored, rewards = asyncio.run(scenario())
+    expected = dict(zip(cases, [r["reward"] for r in scored.json()["results"]], strict=True))
+    assert len(set(expected.values())) == 2
+    for (response, _), answer in zip(payloads, rewards, strict=True):
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["rewards"] == pytest.approx([expected[response]], abs=1e-5), response
+
+
 def test_models_list_and_errors(rm_path):
     config = RMConfig(models=(f"helpful={rm_path}",), max_length=64)
 
