@@ -40,14 +40,17 @@ The function run in the workers must be a top-level (picklable) callable.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
+import types
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
@@ -402,7 +405,8 @@ class WorkerPool:
         started = self._ctx.RawValue("q", 0)
         process = self._ctx.Process(target=_worker_main, args=(child_conn, started, self.fn, self.initializer),
                                     daemon=True, name="judge-pool-worker")
-        process.start()
+        with _main_module_hidden():
+            process.start()
         child_conn.close()  # the child holds its own copy; closing ours makes its death an EOF
         return _Worker(process=process, conn=parent_conn, started_at=time.monotonic(), started=started)
 
@@ -429,7 +433,28 @@ def _context(start_method: str | None, preload: Sequence[str]) -> BaseContext:
     if start_method is None:
         start_method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(start_method)
-    if start_method == "forkserver" and preload:
+    if start_method == "forkserver":  # always set: the default preload is the program's __main__
         _preload.extend(m for m in preload if m not in _preload)
         ctx.set_forkserver_preload(list(_preload))
     return ctx
+
+
+_hiding = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start a process without it importing the program's ``__main__``: spawn and forkserver children
+    run the parent's main module again (to find objects pickled from it) unless it has no file or
+    module name to import it by. Inside another program — a TRL or verl training script — that would
+    re-import the program with its torch, transformers and trainer in every judge worker, for nothing:
+    the workers run functions of this package. A stand-in ``__main__`` is in place while the process
+    starts (one start at a time), then the program's own is put back."""
+    with _hiding:
+        program = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if program is not None:
+                sys.modules["__main__"] = program

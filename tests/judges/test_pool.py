@@ -211,3 +211,39 @@ def test_result_reason_names_what_failed():
     assert Result("timeout", error="timed out after 5s").reason("math-verify") == "math-verify timed out after 5s"
     assert Result("crashed", error="worker died").reason("x") == "x crashed: worker died"
     assert "deadline" in Result("deadline", error="stopped at the request's deadline").reason("x")
+
+
+PROGRAM = '''
+import os, sys
+with open(sys.argv[1], "a") as marks:  # stands for a training script's top level: import trl, transformers...
+    marks.write(f"{os.getpid()}\\n")
+
+if __name__ == "__main__":
+    import asyncio
+    from cgpo.services.judges.config import JudgeConfig
+    from cgpo.services.judges.embedded import embedded_judges
+
+    async def judged():
+        async with embedded_judges(JudgeConfig(enabled=("math",))) as client:
+            item = {"prompt": "1+1?", "response": "The answer is \\\\boxed{2}.", "judges": ["math"],
+                    "metadata": {"answer": "2"}}
+            return (await client.judge([item]))[0].verdicts["math"].verdict
+
+    print(asyncio.run(judged()))
+'''
+
+
+def test_workers_started_inside_another_program_never_run_its_main_module(tmp_path):
+    """Embedded judges in a user's script: the math judge's workers import this package, not the script
+    (which would re-run its imports — TRL, transformers — in every worker)."""
+    import subprocess
+    import sys
+
+    script, marks = tmp_path / "train.py", tmp_path / "marks.txt"
+    script.write_text(PROGRAM)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CGPO_")}
+    done = subprocess.run([sys.executable, str(script), str(marks)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("pass")
+    assert len(marks.read_text().split()) == 1  # the program's own process only
