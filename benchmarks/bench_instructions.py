@@ -29,7 +29,7 @@ from cgpo.services.judges.instructions import InstructionsJudge
 from cgpo.services.judges.instructions.judge import judge_one, load_tables
 from cgpo.services.judges.pool import default_workers
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ifeval"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "ifeval"
 
 
 def load_samples(data: Path, strict: bool) -> list[Sample]:

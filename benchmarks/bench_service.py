@@ -33,7 +33,7 @@ from cgpo.services.judges.config import JudgeConfig  # noqa: E402
 from cgpo.services.judges.handler import JudgeHandler  # noqa: E402
 from cgpo.services.judges.registry import build  # noqa: E402
 
-IFEVAL = REPO.parent / "shared" / "data" / "ifeval"
+IFEVAL = REPO / "data" / "ifeval"
 
 
 def workload(judge: str, n: int) -> list[dict]:

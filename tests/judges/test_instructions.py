@@ -29,7 +29,7 @@ from cgpo.services.judges.instructions.language import detect_language
 from cgpo.services.judges.instructions.sentences import count_sentences, split_sentences
 from cgpo.services.judges.instructions.text import count_capital_words, count_words, treebank_tokens
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ifeval"
+DATA = Path(__file__).resolve().parents[2] / "data" / "ifeval"
 
 
 @pytest.fixture(scope="module")
@@ -358,8 +358,6 @@ def test_language_detection_is_langdetect_with_seed_0(monkeypatch):
 
 
 def _ifeval_rows() -> list[tuple[str, str, dict]]:
-    if not DATA.is_dir():
-        pytest.skip(f"IFEval data not found at {DATA}")
     inputs = [json.loads(line) for line in (DATA / "input_data.jsonl").read_text().splitlines()]
     responses = [
         json.loads(line) for line in (DATA / "input_response_data_gpt4_20231107_145030.jsonl").read_text().splitlines()
