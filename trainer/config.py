@@ -348,7 +348,39 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:  # ty
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return build_config(raw, overrides)
+    return build_config(resolve_beside(raw, Path(path).parent), overrides)
+
+
+def resolve_beside(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``raw`` (a config file's mapping) with its relative input paths that exist beside the file made
+    absolute: a config names its files relative to its own folder; a path that is not there is kept as
+    written (relative to the working directory, or a model id). ``key=value`` overrides, typed in a
+    shell, stay relative to the working directory; ``output_dir``, a place to write, too."""
+    def beside(value: Any) -> Any:
+        if not isinstance(value, str) or not value or ":" in value or Path(value).is_absolute():
+            return value
+        candidate = folder / value
+        return str(candidate.resolve()) if candidate.exists() else value
+
+    out = dict(raw)
+    for key in ("policy", "reference"):
+        if key in out:
+            out[key] = beside(out[key])
+    for key in ("eval_reward_model", "unified_reward_model"):
+        if isinstance(out.get(key), dict) and "embedded" in out[key]:
+            out[key] = {**out[key], "embedded": beside(out[key]["embedded"])}
+    if isinstance(out.get("tasks"), list):
+        out["tasks"] = [_task_beside(t, beside) for t in out["tasks"]]
+    return out
+
+
+def _task_beside(task: Any, beside: Any) -> Any:
+    if not isinstance(task, dict):
+        return task
+    task = {**task, **{k: beside(task[k]) for k in ("prompts", "eval_prompts") if k in task}}
+    if isinstance(task.get("reward_model"), dict) and "embedded" in task["reward_model"]:
+        task["reward_model"] = {**task["reward_model"], "embedded": beside(task["reward_model"]["embedded"])}
+    return task
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]

@@ -20,6 +20,7 @@ from cgpo.trainer.checkpoint import save_checkpoint
 from cgpo.trainer.config import RunConfig, TaskConfig
 from cgpo.trainer.data import Prompt, render
 from cgpo.trainer.evaluation import evaluate_policy
+from cgpo.trainer.preflight import TaskHealth, preflight
 from cgpo.trainer.rollout import Rollouts, rollout_seed
 from cgpo.trainer.scoring import ScoringWork, TaskScores
 from cgpo.trainer.setup import Run, evaluation_run, require_engine, training_run, with_resolved_models
@@ -35,6 +36,7 @@ def train(config: RunConfig, *, resume: bool = True, log: Any = print) -> list[d
     (trainer/distributed.py).
     """
     require_engine(config)
+    preflight(config)  # before any model loads or any file is written
     with training_run(with_resolved_models(config), resume=resume, log=log) as run:
         return run_training(run)
 
@@ -50,11 +52,14 @@ def run_training(run: Run) -> list[dict[str, float]]:
         run.log("evaluated the initial policy (step 0)")
     baseline_rates = {f"{t.name}/baseline/{key}": value for t in config.tasks for key, value in
                       rates(t, [run.baselines[t.name][p.id] for p in run.data.prompts[t.name]]).items()}
+    health = TaskHealth()
     for step in range(run.start, config.steps):
         record = {**train_step(run, step), **baseline_rates}
         last = step + 1 == config.steps
         if config.eval_every and (step + 1) % config.eval_every == 0 or last:
             record.update(evaluate_policy(run, step))
+        for warning in health.observe(config.tasks, record):
+            run.log(warning)
         stop = watch(run, record)
         records.append(record)
         run.metrics.write(record)
@@ -168,6 +173,7 @@ def eval_checkpoint(config: RunConfig, checkpoint: Path | None = None, kl: bool 
     initial policy itself (the numbers before training; it is π_ref, so its KL is not computed).
     ``kl=False`` skips the KL estimate (a sample per prompt and two forward passes over each): the
     record then has no ``eval/TASK/kl``."""
+    preflight(config, training=False)
     with evaluation_run(with_resolved_models(config), checkpoint, log) as run:
         name = checkpoint.name if checkpoint is not None else "initial"
         return evaluate_policy(run, 0, samples_file=f"{name}.jsonl", kl=kl and checkpoint is not None)

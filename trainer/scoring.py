@@ -112,7 +112,7 @@ def rm_name(path: str) -> str:
     return f"{Path(path).name or 'rm'}-{digest}"
 
 
-def _api_key(ref: ServiceRef) -> str | None:
+def api_key(ref: ServiceRef) -> str | None:
     return ref.api_key or ClientSettings.from_env().api_key or None
 
 
@@ -128,7 +128,7 @@ class Services:
         for t in tasks:
             url = t.judge_service.url
             if url is not None and url not in self._judges:
-                self._judges[url] = JudgesClient(url, api_key=_api_key(t.judge_service),
+                self._judges[url] = JudgesClient(url, api_key=api_key(t.judge_service),
                                                  max_retries=t.judge_service.retries)
         refs = [t.reward_model for t in tasks] + list(extra_reward_models)
         embedded_rms = {rm_name(r.embedded): r.embedded for r in refs if r.embedded is not None}
@@ -136,7 +136,7 @@ class Services:
             self._rms[None] = embedded.reward_models(embedded_rms)
         for ref in refs:
             if ref.url is not None and ref.url not in self._rms:
-                self._rms[ref.url] = RewardClient(ref.url, api_key=_api_key(ref), max_retries=ref.retries)
+                self._rms[ref.url] = RewardClient(ref.url, api_key=api_key(ref), max_retries=ref.retries)
 
     async def __aenter__(self) -> Services:
         for client in self._clients():

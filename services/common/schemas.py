@@ -121,10 +121,36 @@ class JudgeResponse(Strict):
     results: list[JudgeResult] = Field(description="One result per item, in request order.")
 
 
+REQUIRED_METADATA: dict[str, tuple[tuple[str, ...], ...]] = {
+    "math": (("answer",),),
+    "code": (("unit_tests", "test+entry_point"),),
+    "instructions": (("instruction_id_list",),),
+    "refusal": (),
+    "false_refusal": (),
+    "factuality": (("answer",),),
+    "safety": (),
+}
+"""The metadata every sample a judge scores must carry (not null): each inner tuple lists alternatives, one
+of which must be present, an alternative naming one field or several joined by ``+`` (all of them).
+Callers check their data against it before sending any (``cgpo train``'s pre-flight); the judges answer
+``error`` for a sample without it."""
+
+
+def lacks_required(required: tuple[tuple[str, ...], ...] | list[list[str]], metadata: dict) -> list[str]:
+    """The required groups ``metadata`` satisfies none of, each as ``a or b+c``."""
+    def present(alternative: str) -> bool:
+        return all(metadata.get(field) is not None for field in alternative.split("+"))
+
+    return [" or ".join(group) for group in required if not any(present(a) for a in group)]
+
+
 class JudgeInfo(Strict):
     name: str
     description: str
     metadata: dict[str, str] = Field(description="Metadata fields the judge reads, with their meaning.")
+    required: list[list[str]] = Field(default_factory=list, description=(
+        "Metadata every sample must carry: each inner list holds alternatives, one of which must be present; "
+        "an alternative is a field or fields joined by '+' (all of them)."))
 
 
 class JudgeList(Strict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from cgpo.services.common.schemas import JudgeInfo
+from cgpo.services.common.schemas import REQUIRED_METADATA, JudgeInfo
 from cgpo.services.judges.base import Judge
 from cgpo.services.judges.config import LLM_JUDGES, JudgeConfig
 
@@ -34,14 +34,19 @@ def describe(config: JudgeConfig) -> list[JudgeInfo]:
     for name in config.names:
         if name in RULE_CLASSES:
             cls = _rule_class(name)
-            infos.append(JudgeInfo(name=name, description=cls.description, metadata=dict(cls.metadata_fields)))
+            infos.append(JudgeInfo(name=name, description=cls.description, metadata=dict(cls.metadata_fields),
+                                   required=_required(name)))
         else:
             from cgpo.services.judges.llm.templates import TEMPLATES
 
             template = TEMPLATES[name]
             infos.append(JudgeInfo(name=name, description=template.description,
-                                   metadata=dict(template.metadata_fields)))
+                                   metadata=dict(template.metadata_fields), required=_required(name)))
     return infos
+
+
+def _required(name: str) -> list[list[str]]:
+    return [list(alternatives) for alternatives in REQUIRED_METADATA.get(name, ())]
 
 
 def build(config: JudgeConfig) -> dict[str, Judge]:

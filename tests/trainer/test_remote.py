@@ -7,8 +7,9 @@ import pytest
 from tests.conftest import free_port
 from tests.procs import answers_200, spawn, stop, wait_until
 from tests.worlds import write_config
-from cgpo.trainer.config import load_config
+from cgpo.trainer.config import ConfigError, load_config
 from cgpo.trainer.loop import train
+from cgpo.trainer.preflight import preflight
 
 
 @pytest.mark.slow
@@ -21,6 +22,14 @@ def test_training_against_remote_services_matches_embedded(world, redis_url, sub
     try:
         for port in (judges_port, rm_port):
             wait_until(lambda port=port: answers_200(f"http://127.0.0.1:{port}/readyz"), 90, f"service on {port}")
+        rm_url, judges_url = f"http://127.0.0.1:{rm_port}", f"http://127.0.0.1:{judges_port}"
+        with pytest.raises(ConfigError) as raised:  # what the running services do not serve, before any model loads
+            preflight(load_config(write_config(world, "wrong-names", steps=1), [
+                f"tasks.lower.reward_model={{url: '{rm_url}', model: nope}}",
+                f"tasks.lower.judge_service={{url: '{judges_url}'}}", "tasks.lower.judges=[instructions, math]"]))
+        assert sorted(str(raised.value).splitlines()) == [
+            "tasks.lower.judges: unknown judge 'math'; known: ['instructions']",
+            f"tasks.lower.reward_model.model: {rm_url} has no reward model 'nope'; it has ['helpful']"]
         embedded = train(load_config(write_config(world, "embedded", steps=4)), resume=False, log=lambda _: None)
         remote_config = load_config(write_config(world, "remote", steps=4), [
             f"tasks.lower.reward_model={{url: 'http://127.0.0.1:{rm_port}', model: helpful}}",
