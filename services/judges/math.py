@@ -1,13 +1,16 @@
 """The ``math`` judge: the response's final answer equals ``metadata.answer`` (docs/method.md §2).
 
 Extraction. Extractors are tried in the order of ``formats`` (default: all
-three, in this order); the first that finds an answer wins:
+four, in this order); the first that finds an answer wins. A sample's metadata
+``answer_format`` (one of them) accepts that format alone for the sample:
 
 * ``final_answer`` — the last "The final answer is X" (also "Final answer: X"),
   as in the CGPO paper; X runs to the end of that sentence (a ``.`` outside
   ``$...$`` and braces followed by a space, or the end of the line). Markdown
   bold, ``$...$``/``\\(...\\)`` and a ``\\boxed{}`` around X are removed.
 * ``boxed`` — the content of the last ``\\boxed{...}`` (nested braces allowed).
+* ``gsm8k`` — GSM8K's style: the rest of the last line that starts with ``####``
+  (``#### 72``).
 * ``pattern`` — the last match of a regex (metadata ``answer_pattern``, else the
   constructor's): group ``answer`` if named, else group 1, else the match.
 
@@ -52,12 +55,13 @@ from cgpo.services.common.schemas import Verdict
 from cgpo.services.judges.base import Judge, Sample, errored, failed, passed
 from cgpo.services.judges.pool import PoolError, Result, WorkerPool
 
-FORMATS = ("final_answer", "boxed", "pattern")
+FORMATS = ("final_answer", "boxed", "gsm8k", "pattern")
 
 # ---------------------------------------------------------------- extraction
 
 _FINAL_ANSWER = re.compile(r"final\s+answer\s*(?:is\b\s*:?|:)\s*", re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_HASHES = re.compile(r"^[ \t]*####[ \t]*([^\n]*)$", re.MULTILINE)
 _BRACE = re.compile(r"[{}]")
 _SENTENCE_MARK = re.compile(r"[\n${}.]")  # the characters that can end or nest a final-answer sentence
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"), ("*", "*"), ("__", "__"))
@@ -83,6 +87,16 @@ def extract_boxed(text: str) -> str | None:
         return None
     span = _last_closed(text, starts)
     return clean_answer(text[span[0] : span[1]]) if span is not None else None
+
+
+def extract_gsm8k(text: str) -> str | None:
+    """The rest of the last line that starts with ``####`` (GSM8K's answers), cleaned; None if absent."""
+    last = None
+    for match in _HASHES.finditer(text):
+        last = match
+    if last is None or not last.group(1).strip():
+        return None
+    return clean_answer(last.group(1))
 
 
 def extract_pattern(text: str, pattern: re.Pattern[str]) -> str | None:
@@ -267,6 +281,8 @@ def extract(response: str, formats: Sequence[str], pattern: re.Pattern[str] | No
             answer = extract_final_answer(response)
         elif fmt == "boxed":
             answer = extract_boxed(response)
+        elif fmt == "gsm8k":
+            answer = extract_gsm8k(response)
         else:
             answer = extract_pattern(response, pattern) if pattern is not None else None
         if answer is not None:
@@ -283,6 +299,11 @@ def decide(item: tuple[str, Mapping[str, Any], tuple[str, ...], str | None]) -> 
         return expected
     if not isinstance(response, str):
         return errored(f"response must be a string, got {type(response).__name__}")
+    chosen = metadata.get("answer_format")
+    if chosen is not None:
+        if chosen not in formats:
+            return errored(f"malformed metadata: 'answer_format' must be one of {list(formats)}, got {chosen!r}")
+        formats = (chosen,)
     pattern = _pattern(metadata, formats, default_pattern)
     if isinstance(pattern, Verdict):
         return pattern
@@ -351,12 +372,14 @@ class MathJudge(Judge):
     metadata_fields: ClassVar[dict[str, str]] = {
         "answer": "reference answer: a number or a string (LaTeX allowed), e.g. 42, '1,234', '\\frac{1}{2}', '[0, 1)'",
         "answer_pattern": "optional regex for the answer (group 'answer', else 1); used if 'pattern' is accepted",
+        "answer_format": "optional: the one format accepted for this sample: final_answer, boxed, gsm8k "
+                         "('#### 72') or pattern",
     }
 
     def __init__(
         self,
         *,
-        formats: Sequence[str] = ("final_answer", "boxed", "pattern"),
+        formats: Sequence[str] = FORMATS,
         answer_pattern: str | None = None,
         timeout_s: float = 5.0,
         rule_timeout_s: float = 5.0,
@@ -364,7 +387,7 @@ class MathJudge(Judge):
     ) -> None:
         """
         Args:
-            formats: accepted extractors, in precedence order: "final_answer", "boxed",
+            formats: accepted extractors, in precedence order: "final_answer", "boxed", "gsm8k",
                 "pattern" ("pattern" finds nothing when no regex is set).
             answer_pattern: default regex for "pattern"; metadata ``answer_pattern`` overrides it.
             timeout_s: hard limit per math-verify comparison (the worker is killed past it).

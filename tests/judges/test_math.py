@@ -90,6 +90,26 @@ def test_formats_control_what_is_accepted():
     assert MathJudge(formats=("boxed", "final_answer")).extract(text) == "4"
 
 
+def test_gsm8ks_hashes_are_a_final_answer_format(judge):
+    worked = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nIn all she sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
+    assert judge.extract(worked) == "72"
+    assert one(judge, worked, "72").verdict == "pass"
+    assert one(judge, "#### 1,234\n", 1234).verdict == "pass"
+    assert one(judge, "#### 71", 72).verdict == "fail"
+    assert judge.extract("#### 3\nthen more #### 4 inline") == "3"  # only a line that starts with ####
+    assert judge.extract("####\n") is None
+    # earlier formats win: a boxed answer is read before the hashes
+    assert judge.extract("\\boxed{5}\n#### 6") == "5"
+
+
+def test_answer_format_in_the_metadata_accepts_that_format_alone(judge):
+    assert one(judge, "The final answer is 72.", 72, answer_format="gsm8k").verdict == "fail"
+    assert one(judge, "so\n#### 72", 72, answer_format="gsm8k").verdict == "pass"
+    assert one(judge, "so\n#### 72", 72, answer_format="boxed").verdict == "fail"
+    bad = one(judge, "#### 72", 72, answer_format="hashes")
+    assert bad.verdict == "error" and "answer_format" in bad.detail["error"]
+
+
 def test_pattern_from_constructor_and_metadata():
     with MathJudge(formats=("pattern",), answer_pattern=r"ANSWER:\s*(\S+)", workers=1) as j:
         assert one(j, "work... ANSWER: 7", 7).verdict == "pass"
