@@ -120,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep only the first N transformer layers (a smaller base); needs --out")
     convert.add_argument("--out", default=None, help="write here instead of the cache")
 
+    data = sub.add_parser("data", help="datasets as prompt files and preference pairs").add_subparsers(
+        dest="action", required=True)
+    imp = data.add_parser("import", help="a published dataset (JSONL, JSON or Parquet) as a prompt file or as "
+                                         "preference pairs (cgpo/importers.py)")
+    imp.add_argument("format", help="gsm8k, math, humaneval, mbpp, ifeval, messages, trl (prompt files); "
+                                    "hh-rlhf, ultrafeedback (preference pairs)")
+    imp.add_argument("source", help="the dataset file: .jsonl, .json or .parquet")
+    imp.add_argument("--out", required=True, help="the JSONL file to write")
+    imp.add_argument("--metadata", action="append", default=[], metavar="KEY=COLUMN",
+                     help="copy COLUMN of each row into metadata KEY (repeatable; prompt formats)")
+    imp.add_argument("--limit", type=int, default=None, help="write at most N records")
+
     ifeval = sub.add_parser("ifeval", help="instruction-following data of IFEval's kinds").add_subparsers(
         dest="action", required=True)
     gen = ifeval.add_parser("prompts", help="generate training prompts (1-3 IFEval instruction types each)")
@@ -189,6 +201,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _model(args)
     if args.command == "ifeval":
         return _ifeval(args)
+    if args.command == "data":
+        return _data_import(args)
     if args.command == "plan":
         return _plan(args)
     if args.command == "export":
@@ -196,6 +210,25 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return _demo(args)
     die(f"unknown command {args.command!r}")
+
+
+def _data_import(args: argparse.Namespace) -> int:
+    from cgpo.importers import import_file
+
+    columns = {}
+    for item in args.metadata:
+        key, sep, column = item.partition("=")
+        if not sep or not key or not column:
+            die(f"--metadata {item!r} must be KEY=COLUMN")
+        columns[key] = column
+    try:
+        written, skipped = import_file(args.format, args.source, args.out, columns, args.limit)
+    except (ValueError, OSError) as exc:
+        die(str(exc))
+    print(f"wrote {written} records to {args.out}" + (f"; skipped {len(skipped)} rows" if skipped else ""))
+    for reason in skipped[:10]:
+        print(f"  skipped {reason}", file=sys.stderr)
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
