@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cgpo.services.common.client import JudgesClient, RewardClient
 from cgpo.services.common.schemas import REQUIRED_METADATA, JudgeResult, lacks_required
+from cgpo.services.common.settings import AdapterSettings, ClientSettings
 
 METADATA_FIELDS = ("answer", "answer_format", "answer_pattern", "unit_tests", "test", "entry_point",
                    "instruction_id_list", "kwargs", "strict", "mode", "categories")
@@ -45,8 +45,8 @@ class _Loop:
 
 
 class Judging:
-    """``judges`` by ``url`` (default: ``CGPO_JUDGES_URL``), or embedded in this process when there is
-    none; ``api_key`` defaults to ``CGPO_API_KEY``."""
+    """``judges`` by ``url`` (default: ``CGPO_ADAPTER_JUDGES_URL``), or embedded in this process when
+    there is none; ``api_key`` defaults to ``CGPO_API_KEY``."""
 
     def __init__(self, judges: Sequence[str], url: str | None = None, api_key: str | None = None,
                  timeout_s: float = 120.0) -> None:
@@ -55,8 +55,8 @@ class Judging:
         if not judges:
             raise ValueError("name at least one judge")
         self.judges = list(judges)
-        self.url = url or os.environ.get("CGPO_JUDGES_URL") or None
-        self._api_key = api_key or os.environ.get("CGPO_API_KEY") or None
+        self.url = url or AdapterSettings.from_env().judges_url
+        self._api_key = api_key or ClientSettings.from_env().api_key
         self._timeout_s = timeout_s
         self._client: JudgesClient | None = None
         self._opening: asyncio.Lock | None = None
@@ -151,15 +151,17 @@ def prompt_text(value: Any) -> str:
 
 
 class Rewarding:
-    """A reward model by ``url`` (default ``CGPO_RM_URL``) and ``model`` (default ``CGPO_RM_MODEL``):
+    """A reward model by ``url`` (default ``CGPO_ADAPTER_RM_URL``) and ``model`` (``CGPO_ADAPTER_RM_MODEL``):
     raw and, with baselines, calibrated rewards σ(r(s, a) − r(s, ā))."""
 
     def __init__(self, url: str | None = None, model: str | None = None, api_key: str | None = None) -> None:
-        self.url = url or os.environ.get("CGPO_RM_URL")
-        self.model = model or os.environ.get("CGPO_RM_MODEL")
+        settings = AdapterSettings.from_env()
+        self.url = url or settings.rm_url
+        self.model = model or settings.rm_model
         if not self.url or not self.model:
-            raise ValueError("a reward model needs a service url and a model name (or CGPO_RM_URL and CGPO_RM_MODEL)")
-        self._api_key = api_key or os.environ.get("CGPO_API_KEY") or None
+            raise ValueError("a reward model needs a service url and a model name (or CGPO_ADAPTER_RM_URL and "
+                             "CGPO_ADAPTER_RM_MODEL)")
+        self._api_key = api_key or ClientSettings.from_env().api_key
         self._client: RewardClient | None = None
 
     async def ascore(self, prompts: Sequence[str], responses: Sequence[str],

@@ -3,11 +3,12 @@
 OpenRLHF imports the file and calls ``reward_func(queries, prompts, labels)`` for a batch: ``queries`` are
 prompt and response as it decoded them (special tokens included), ``prompts`` the formatted prompts,
 ``labels`` the dataset's ``--label_key`` column. The response is the query after its prompt, with padding
-and end-of-sequence tokens at its end removed (``CGPO_END_TOKENS``, comma-separated; default the common
-ones). A label carries the judges' metadata: an object, or its JSON text, either the metadata itself or
+and end-of-sequence tokens at its end removed (``CGPO_ADAPTER_END_TOKENS``, comma-separated; default the
+common ones). A label carries the judges' metadata: an object, or its JSON text, either the metadata itself or
 ``{"judges": [...], "metadata": {...}}``; a plain string or number is the ``answer`` (GSM8K-style labels).
-Judges are the label's, else ``CGPO_JUDGES`` (comma-separated), run by ``CGPO_JUDGES_URL`` or embedded in
-OpenRLHF's process; the batch goes in one request per set of judges.
+Judges are the label's, else ``CGPO_ADAPTER_JUDGES`` (comma-separated), run by
+``CGPO_ADAPTER_JUDGES_URL`` or embedded in OpenRLHF's process; the batch goes in one request per set of
+judges.
 
 Returns what OpenRLHF expects of a reward function: ``rewards`` (1.0 feasible, 0.0 not; also 0.0 for a
 row whose label lacks the metadata its judges require, which is not sent), ``scores`` (the same, used
@@ -18,13 +19,12 @@ as tensors. For the reward-model service itself, point ``--remote_rm_url`` at it
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from cgpo.adapters import Judging
+from cgpo.services.common.settings import AdapterSettings
 
-END_TOKENS = ("</s>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<pad>", "<|pad|>")
 _judging: dict[tuple[str, ...], Judging] = {}
 
 
@@ -69,17 +69,18 @@ def _label(label: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
         metadata = {}
     else:
         metadata = {"answer": label if isinstance(label, str | int | float) else str(label)}
-    judges = judges or [j for j in os.environ.get("CGPO_JUDGES", "").split(",") if j.strip()]
+    judges = judges or list(AdapterSettings.from_env().judges)
     if isinstance(judges, str):
         judges = [judges]
     if not judges:
-        raise ValueError("no judges: give them in the label ({'judges': [...], 'metadata': {...}}) or CGPO_JUDGES")
+        raise ValueError("no judges: give them in the label ({'judges': [...], 'metadata': {...}}) or "
+                         "CGPO_ADAPTER_JUDGES")
     return tuple(j.strip() for j in judges), metadata
 
 
 def _response(query: str, prompt: str) -> str:
     response = query[len(prompt):] if query.startswith(prompt) else query
-    ends = [t for t in os.environ.get("CGPO_END_TOKENS", ",".join(END_TOKENS)).split(",") if t]
+    ends = AdapterSettings.from_env().end_tokens
     stripped = True
     while stripped:
         stripped = False

@@ -3,7 +3,7 @@
 A reward function gets a batch's ``prompts`` and ``completions`` (text, or chat messages in TRL's
 conversational format) and the dataset's other columns as keyword arguments, and returns one reward per
 completion. `judge_reward` sends the whole batch to the judges in one request — by URL (``url=`` or
-``CGPO_JUDGES_URL``) or embedded in the training script — and maps each row's verdicts to a number:
+``CGPO_ADAPTER_JUDGES_URL``) or embedded in the training script — and maps each row's verdicts to a number:
 
 * feasible (every judge passed) → ``values["pass"]`` (1.0), else ``values["fail"]`` (0.0); a judge that
   answered ``error`` → ``values["error"]`` (None: TRL leaves the row out of this function's reward);

@@ -11,23 +11,23 @@ reward and whose other keys it logs::
       name: compute_score_batch                        # or compute_score, or calibrated_score_batch
 
 What to judge comes with each row's ``extra_info`` (a dict, as verl's data preprocessing writes it):
-``judges`` (a list; default ``CGPO_JUDGES``, comma-separated), ``metadata`` for them, ``prompt`` (the
+``judges`` (a list; default ``CGPO_ADAPTER_JUDGES``, comma-separated), ``metadata`` for them, ``prompt`` (the
 judges' and the reward model's view of the prompt) and ``baseline`` (the calibrated reward's ā). The row's
-``ground_truth`` is the judges' ``answer`` when the metadata has none. Judges run by ``CGPO_JUDGES_URL``, or
+``ground_truth`` is the judges' ``answer`` when the metadata has none. Judges run by ``CGPO_ADAPTER_JUDGES_URL``, or
 embedded in verl's reward worker; rows with the same judges go in one request. A row is scored
 ``1.0`` when feasible (every judge passed), ``0.0`` otherwise; ``judge_error`` (a judge could not decide)
 and ``applicable`` (the row carried the metadata its judges require; 0.0 if not, and it is not sent) are
 logged beside it, with each judge's pass. ``calibrated_score_batch`` scores with the reward-model service
-(``CGPO_RM_URL``, ``CGPO_RM_MODEL``): σ(r(s, a) − r(s, ā)) with a baseline, else the raw reward.
+(``CGPO_ADAPTER_RM_URL``, ``CGPO_ADAPTER_RM_MODEL``): σ(r(s, a) − r(s, ā)) with a baseline, else the raw reward.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 from cgpo.adapters import Judging, Rewarding
+from cgpo.services.common.settings import AdapterSettings
 
 _judging: dict[tuple[str, ...], Judging] = {}
 _rewarding: list[Rewarding] = []
@@ -85,11 +85,11 @@ def _infos(extra_infos: Sequence[Any] | None, n: int) -> list[dict[str, Any]]:
 
 
 def _judges(info: dict[str, Any]) -> tuple[str, ...]:
-    judges = info.get("judges") or [j for j in os.environ.get("CGPO_JUDGES", "").split(",") if j.strip()]
+    judges = info.get("judges") or list(AdapterSettings.from_env().judges)
     if isinstance(judges, str):
         judges = [judges]
     if not judges:
-        raise ValueError("no judges: give extra_info['judges'] per row or CGPO_JUDGES")
+        raise ValueError("no judges: give extra_info['judges'] per row or CGPO_ADAPTER_JUDGES")
     return tuple(j.strip() for j in judges)
 
 

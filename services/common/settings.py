@@ -8,7 +8,8 @@ another group's bad value:
 * `ClientSettings` (``CGPO_``): the token a client sends when nothing else names one;
 * `CacheSettings` (``CGPO_``): where converted models are cached;
 * `JudgeSettings` (``CGPO_JUDGES_``): the judges service;
-* `RMSettings` (``CGPO_RM_``): the reward-model service.
+* `RMSettings` (``CGPO_RM_``): the reward-model service;
+* `AdapterSettings` (``CGPO_ADAPTER_``): the TRL, verl and OpenRLHF adapters.
 
 The variable of a field is its class's prefix plus the field name in upper case; each field's
 docstring is its description (`variables` lists them all, the README's table mirrors it). Empty
@@ -289,8 +290,25 @@ class RMSettings(CgpoSettings):
         return dict(spec.split("=", 1) for spec in self.models)
 
 
+class AdapterSettings(CgpoSettings):
+    """What the TRL, verl and OpenRLHF adapters (cgpo/adapters/) use when the caller names nothing."""
+
+    model_config = SettingsConfigDict(env_prefix="CGPO_ADAPTER_")
+
+    judges: Names = ()
+    """Judges of the verl and OpenRLHF reward functions when a row names none (comma-separated)."""
+    judges_url: str | None = None
+    """The judges service the adapters call; unset: the judges run embedded in the calling program."""
+    rm_url: str | None = None
+    """The reward-model service of the calibrated-reward adapters."""
+    rm_model: str | None = None
+    """The reward model's name on that service."""
+    end_tokens: Names = ("</s>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<pad>", "<|pad|>")
+    """Tokens removed from the end of a response OpenRLHF decoded with its special tokens (comma-separated)."""
+
+
 SETTINGS: tuple[type[CgpoSettings], ...] = (ServiceSettings, ServerSettings, ClientSettings, CacheSettings,
-                                            JudgeSettings, RMSettings)
+                                            JudgeSettings, RMSettings, AdapterSettings)
 
 
 class Variable(NamedTuple):

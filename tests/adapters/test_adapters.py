@@ -67,7 +67,7 @@ def test_a_judge_error_maps_to_the_error_value():
 def test_verl_calls_as_its_naive_and_batch_managers_do(requests, monkeypatch):
     from cgpo.adapters.verl import compute_score, compute_score_batch
 
-    monkeypatch.setenv("CGPO_JUDGES", "math")
+    monkeypatch.setenv("CGPO_ADAPTER_JUDGES", "math")
     one = compute_score(data_source="gsm8k", solution_str="so\n#### 72", ground_truth="72", extra_info=None)
     assert one == {"score": 1.0, "applicable": 1.0, "judge_error": 0.0, "math_pass": 1.0}
     batch = compute_score_batch(data_sources=["gsm8k", "gsm8k", "ifeval"], solution_strs=[RIGHT, WRONG, "all lower"],
@@ -85,7 +85,7 @@ def test_openrlhf_calls_its_reward_function_file_with_queries_prompts_and_labels
     spec = importlib.util.spec_from_file_location("reward_func_module", module.__file__)  # as OpenRLHF loads it
     loaded = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loaded)
-    monkeypatch.setenv("CGPO_JUDGES", "math")
+    monkeypatch.setenv("CGPO_ADAPTER_JUDGES", "math")
     prompt = "<s><|user|>\n2+2?</s>\n<|assistant|>\n"
     labels = ["4", json.dumps({"answer": "4"}), json.dumps({"judges": ["math"], "metadata": {}})]
     out = loaded.reward_func(queries=[prompt + RIGHT + "</s>", prompt + WRONG + "</s><pad><pad>", prompt + "x"],
