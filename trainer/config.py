@@ -282,6 +282,20 @@ class RunConfig(_Config):
     1/N of the parameters, gradients and AdamW state; with ``precision: bf16`` the policy computes in bf16
     over fp32 master weights and the reference is held in bf16. ``fsdp`` in one process (no torchrun, or
 one rank) still shards, over a group of one: the same code path, checkpoints and memory layout."""
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] | None = None
+    """Experiment trackers that receive every record and the run's config (rank 0; ``metrics.jsonl`` is
+    always written): ``tensorboard`` (under ``output_dir/tensorboard``), ``wandb`` and ``trackio`` (project
+    ``cgpo``, the run named after ``output_dir``), ``mlflow`` (the current tracking URI). Each one listed
+    must be installed; ``[]`` for none. Unset: TensorBoard when it is installed."""
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """The trackers the run reports to (``report_to``, or TensorBoard if installed)."""
+        if self.report_to is not None:
+            return tuple(dict.fromkeys(self.report_to))
+        from importlib.util import find_spec
+
+        return ("tensorboard",) if find_spec("tensorboard") is not None else ()
     lora: LoraSettings | None = None
     """Train LoRA adapters (``{r, alpha, dropout, target_modules}``) on a frozen base instead of the
     whole policy; π_ref is then the base itself (the adapters switched off), so ``reference`` must be

@@ -78,7 +78,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     Every rank draws the same batches; each generates and scores its contiguous share of each task's
     prompts, with the sampling seed of their place in the whole batch.
     """
-    config, times = run.config, Times()
+    config, times, tic = run.config, Times(), time.perf_counter()
     with times("generate"):
         batches = {t.name: draw(run, step, i) for i, t in enumerate(config.tasks)}
     with times("score"):
@@ -89,7 +89,10 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         for t in config.tasks:
             record.update(accumulate(run, batches[t.name].task_batch(scores[t.name]), times))
         record.update(optimizer_step(run))
-    return {**record, **times.record()}
+    seconds = time.perf_counter() - tic
+    tokens = sum(run.dist.gather(sum(len(p) + len(r) for b in batches.values()
+                                     for p, r in zip(b.rollouts.prompt_ids, b.rollouts.response_ids))))
+    return {**record, **times.record(), "time/step_s": seconds, "time/tokens_per_s": tokens / seconds}
 
 
 @dataclass(frozen=True)
@@ -202,8 +205,22 @@ class Times:
 
 
 def progress_line(config: RunConfig, record: dict[str, float]) -> str:
+    """The step's line on the console, and a second one with the held-out evaluation when it ran."""
     parts = [f"step {int(record['step'])}/{config.steps}"]
     for t in config.tasks:
         parts.append(f"{t.name}: feasible {record[f'{t.name}/feasible_rate']:.2f} "
                      f"reward {record[f'{t.name}/reward']:+.3f} kl {record[f'{t.name}/kl']:+.3f}")
-    return " | ".join(parts)
+    line = " | ".join(parts)
+    evaluated = [t for t in config.tasks if f"eval/{t.name}/pass_rate" in record]
+    if evaluated:
+        line += "\n  eval: " + " | ".join(_eval_part(t.name, record) for t in evaluated)
+    return line
+
+
+def _eval_part(task: str, record: dict[str, float]) -> str:
+    part = f"{task}: pass {record[f'eval/{task}/pass_rate']:.3f} reward {record[f'eval/{task}/reward']:+.3f}"
+    if f"eval/{task}/kl" in record:
+        part += f" kl {record[f'eval/{task}/kl']:+.3f}"
+    if f"eval/{task}/ifeval/prompt_strict" in record:
+        part += f" ifeval prompt-strict {record[f'eval/{task}/ifeval/prompt_strict']:.3f}"
+    return part

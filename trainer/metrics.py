@@ -58,25 +58,84 @@ def progress_bar(start: int, total: int) -> Any:
     return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
 
-class MetricsSink:
-    """Where a run's records go: ``metrics.jsonl``, TensorBoard and a progress bar on rank 0, nothing on the
-    other ranks. Opening it trims the rows a crashed run wrote past ``start`` (all of them when starting
-    over) and keeps the earlier ones in ``earlier``, which every rank reads."""
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
+"""``report_to`` choices; ``metrics.jsonl`` is always written."""
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
 
-    def __init__(self, out: Path, start: int, main: bool, total_steps: int) -> None:
+
+class Tracker:
+    """One experiment tracker: the run's config once, then each record at its step."""
+
+    def __init__(self, name: str, out: Path, config: dict[str, Any], start: int) -> None:
+        import importlib
+
+        self.name = name
+        run = out.name
+        if name == "tensorboard":
+            self._board = open_tensorboard(out, purge_step=start + 1 if start else 0)
+            if self._board is not None:
+                self._board.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
+            return
+        self._module = importlib.import_module(TRACKER_MODULES[name])
+        if name in ("wandb", "trackio"):  # the same API: init(project, name, config), log(dict, step), finish()
+            where = {"dir": str(out), "resume": "allow", "id": run} if name == "wandb" else {}
+            self._module.init(project="cgpo", name=run, config=config, **where)
+        else:
+            self._module.start_run(run_name=run)
+            self._module.log_params(dict(_flat(config)))
+
+    def log(self, record: dict[str, float]) -> None:
+        step = int(record["step"])
+        values = {k: v for k, v in record.items() if k != "step"}
+        if self.name == "tensorboard":
+            write_record(record, None, self._board)
+        elif self.name in ("wandb", "trackio"):
+            self._module.log(values, step=step)
+        else:
+            self._module.log_metrics(values, step=step)
+
+    def close(self) -> None:
+        if self.name == "tensorboard":
+            if self._board is not None:
+                self._board.close()
+        elif self.name in ("wandb", "trackio"):
+            self._module.finish()
+        else:
+            self._module.end_run()
+
+
+def _flat(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A nested config as dotted keys (what mlflow's parameters are)."""
+    if isinstance(config, dict):
+        return [item for k, v in config.items() for item in _flat(v, f"{prefix}{k}.")]
+    if isinstance(config, list):
+        return [item for i, v in enumerate(config) for item in _flat(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), config)]
+
+
+class MetricsSink:
+    """Where a run's records go: ``metrics.jsonl``, the ``report_to`` trackers (TensorBoard by default) and
+    a progress bar on rank 0, nothing on the other ranks. Opening it trims the rows a crashed run wrote
+    past ``start`` (all of them when starting over) and keeps the earlier ones in ``earlier``, which every
+    rank reads."""
+
+    def __init__(self, out: Path, start: int, main: bool, total_steps: int,
+                 report_to: tuple[str, ...] = ("tensorboard",), config: dict[str, Any] | None = None) -> None:
         path, kept = out / "metrics.jsonl", start if start else -1
         self.earlier = keep_metrics_until(path, kept) if main else read_metrics(path, kept)
-        self._board = open_tensorboard(out, purge_step=start + 1 if start else 0) if main else None
+        self._trackers = [Tracker(name, out, config or {}, start) for name in report_to] if main else []
         self._bar = progress_bar(start, total_steps) if main else None
         self._file = path.open("a") if main else None
 
     def write(self, record: dict[str, float], advance: bool = True) -> None:
         """One record; ``advance`` moves the progress bar a step (not for the step-0 evaluation)."""
-        write_record(record, self._file, self._board)
+        write_record(record, self._file, None)
+        for tracker in self._trackers:
+            tracker.log(record)
         if advance and self._bar is not None:
             self._bar.update(1)
 
     def close(self) -> None:
-        for closable in (self._file, self._board, self._bar):
+        for closable in (self._file, *self._trackers, self._bar):
             if closable is not None:
                 closable.close()

@@ -12,7 +12,8 @@ instead, before anything is written, with one line per problem naming the field:
 * every reward model is one: an embedded path holds a sequence-classification model (a trained score
   head, as ``cgpo rm train`` writes), not a causal LM whose head would be random; a service lists the
   named model at ``GET /v1/models``;
-* every service URL answers (one line naming the task and the URL, not a traceback).
+* every service URL answers (one line naming the task and the URL, not a traceback);
+* every ``report_to`` tracker is installed.
 
 `TaskHealth` watches the run itself: a task whose samples are mostly judge errors, or of which no
 sample is used, step after step, is reported loudly while training goes on.
@@ -21,6 +22,7 @@ sample is used, step after step, is reported loudly while training goes on.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,8 +53,25 @@ def preflight(config: RunConfig, *, training: bool = True) -> None:
     for where, ref in _reward_models(config):
         if ref.embedded is not None:
             problems += _reward_model_file_problems(where, ref.embedded)
+    problems += _tracker_problems(config)
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
+
+
+def _tracker_problems(config: RunConfig) -> list[str]:
+    from cgpo.trainer.metrics import TRACKER_MODULES
+
+    return [f"report_to: {name} is not installed (pip install {TRACKER_MODULES[name]}), or leave it out"
+            for name in config.report_to or () if not installed(TRACKER_MODULES[name])]
+
+
+def installed(module: str) -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except ValueError:  # in sys.modules without a spec
+        return module in sys.modules and sys.modules[module] is not None
 
 
 def _embedded_judges() -> Required:

@@ -113,7 +113,8 @@ def training_run(config: RunConfig, *, resume: bool, log: Log = print) -> Iterat
             log(f"resumed from {checkpoint} at step {start}")
         # after a resume: a vLLM engine starts from the restored weights
         engine = stack.enter_context(contextlib.closing(make_engine(config, models, dist)))
-        metrics = stack.enter_context(contextlib.closing(MetricsSink(config.out, start, dist.main, config.steps)))
+        metrics = stack.enter_context(contextlib.closing(MetricsSink(
+            config.out, start, dist.main, config.steps, config.trackers, config.model_dump(mode="json"))))
         monitor = HackingMonitor(config.monitor, config.tasks)
         for row in metrics.earlier:  # the monitor's windows continue where the checkpointed run left them
             monitor.observe(row)

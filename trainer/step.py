@@ -120,7 +120,7 @@ def task_update(policy: Any, reference: Any, batch: TaskBatch, *, temperature: f
                "feasible_rate": feasible.float().mean().item(), "masked_rate": masked.float().mean().item(),
                "error_rate": _mean([float(e) for e in scores.errored]),
                "truncated_rate": _mean([float(t) for t in outcome.truncated]),
-               "response_tokens": _mean([float(x) for x in outcome.lengths]), **stats}
+               **spread(scores.reward, outcome.lengths, task.k, logp_all[:n]), **stats}
     for judge, rates in scores.judge_rates().items():
         metrics[f"judge/{judge}/pass_rate"] = rates["pass_rate"]
         metrics[f"judge/{judge}/error_rate"] = rates["error_rate"]
@@ -179,6 +179,22 @@ def _backward_through_policy(policy: Any, pairs: tuple[list[list[int]], list[lis
     for _ in range(stand_ins):
         logp = sequence_logprobs(policy, [[0]], [[0]], temperature, 1).logprobs  # a stand-in, weight 0
         torch.autograd.backward(logp, torch.zeros_like(logp))
+
+
+def spread(rewards: list[float], lengths: list[int], k: int, logp: torch.Tensor) -> dict[str, float]:
+    """How the batch's samples spread: response length (mean, min, max, in tokens), reward standard
+    deviation, the share of prompts whose K samples all got one reward (no signal to tell them apart:
+    GRPO-style normalisation would give them zero advantage), and the policy's entropy per response token
+    at the sampling temperature, estimated by the sampled tokens' mean −log π (Σ −log π(a) / Σ |a|)."""
+    tokens = sum(lengths)
+    groups = [rewards[i:i + k] for i in range(0, len(rewards), k)]
+    mean = _mean(rewards)
+    return {"response_tokens": _mean([float(x) for x in lengths]),
+            "response_tokens_min": float(min(lengths, default=0)),
+            "response_tokens_max": float(max(lengths, default=0)),
+            "reward_std": (_mean([(r - mean) ** 2 for r in rewards])) ** 0.5,
+            "same_reward_prompts": _mean([float(len(set(g)) == 1) for g in groups if g]),
+            "entropy": -float(logp.sum()) / tokens if tokens else 0.0}
 
 
 def _mean(values: list[float]) -> float:

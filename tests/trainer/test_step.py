@@ -68,3 +68,16 @@ def test_with_every_sample_failing_crpg_does_nothing(models):
     policy.zero_grad()
     task_update(policy, reference, batch, temperature=1.0, micro_batch_size=3)
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in policy.parameters())
+
+
+def test_the_spread_of_a_batch_is_reported_per_task():
+    import torch
+
+    from cgpo.trainer.step import spread
+
+    rewards = [1.0, 1.0, 1.0, 0.0, 2.0, 4.0]  # K = 3: the first prompt's samples all scored the same
+    out = spread(rewards, [2, 4, 6, 1, 1, 10], 3, torch.tensor([-1.0, -2.0, -3.0, -0.5, -0.5, -5.0]))
+    mean = sum(rewards) / 6
+    assert out == {"response_tokens": 4.0, "response_tokens_min": 1.0, "response_tokens_max": 10.0,
+                   "reward_std": pytest.approx((sum((r - mean) ** 2 for r in rewards) / 6) ** 0.5),
+                   "same_reward_prompts": 0.5, "entropy": pytest.approx(12.0 / 24)}
