@@ -44,7 +44,7 @@ $(TRL_VENV)/.installed: pyproject.toml
 	$(TRL_VENV)/bin/pip install -q --upgrade pip
 	$(TRL_VENV)/bin/pip install -q torch==2.13.0
 	$(TRL_VENV)/bin/pip install -q trl==1.16.0
-	$(TRL_VENV)/bin/pip install -q -e . pytest pytest-timeout
+	$(TRL_VENV)/bin/pip install -q -e . pytest pytest-timeout hypothesis
 	touch $@
 
 # ruff ([tool.ruff] in pyproject.toml; trainer/ruff.toml), then the import contracts.
