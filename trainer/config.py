@@ -282,6 +282,10 @@ class RunConfig(_Config):
     1/N of the parameters, gradients and AdamW state; with ``precision: bf16`` the policy computes in bf16
     over fp32 master weights and the reference is held in bf16. ``fsdp`` in one process (no torchrun, or
 one rank) still shards, over a group of one: the same code path, checkpoints and memory layout."""
+    log_samples: NonNegativeInt = 4
+    """Training rollouts per task kept each step, with their verdicts, each judge's detail and rewards:
+    ``output_dir/train_samples/step-N.jsonl`` and the trackers' sample tables (rank 0's share of the
+    batch; 0: none). Every held-out response is kept in ``eval_samples/`` and the tables too."""
     report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] | None = None
     """Experiment trackers that receive every record and the run's config (rank 0; ``metrics.jsonl`` is
     always written): ``tensorboard`` (under ``output_dir/tensorboard``), ``wandb`` and ``trackio`` (project

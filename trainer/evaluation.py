@@ -72,6 +72,8 @@ def evaluate_policy(run: Run, step: int, samples_file: str | None = None, kl: bo
         path = run.config.out / "eval_samples" / (samples_file or f"step-{step + 1}.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(row) + "\n" for row in samples))
+        if run.metrics is not None:
+            run.metrics.samples("eval", step + 1 if samples_file is None else 0, samples)
     return record
 
 
@@ -173,11 +175,12 @@ def _stderr(values: list[float]) -> float:
 def _sample_rows(task: str, prompts: list[Prompt], texts: list[str], scores: TaskScores,
                  finished: list[bool]) -> list[dict[str, Any]]:
     """One task's evaluation samples (one per prompt) with their verdicts and rewards."""
+    details = scores.details or [{} for _ in texts]
     return [{"task": task, "id": p.id, "prompt": p.text, "response": text, "verdicts": verdicts,
              "feasible": all(v == "pass" for v in verdicts.values()), "reward": reward, "calibrated_reward": cal,
-             "truncated": not done}
-            for p, text, verdicts, reward, cal, done in zip(prompts, texts, scores.verdicts, scores.reward,
-                                                            scores.calibrated, finished, strict=True)]
+             "truncated": not done, "details": found}
+            for p, text, verdicts, reward, cal, done, found in zip(prompts, texts, scores.verdicts, scores.reward,
+                                                                   scores.calibrated, finished, details, strict=True)]
 
 
 def _mean(values: list[Any]) -> float:

@@ -6,6 +6,7 @@ Everything the loop uses is set up by trainer/setup.py as one ``Run``; this modu
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,6 +84,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         batches = {t.name: draw(run, step, i) for i, t in enumerate(config.tasks)}
     with times("score"):
         scores = run.scorer.score({name: b.work for name, b in batches.items()})
+    keep_samples(run, step, batches, scores)
     with times("update"):
         run.optimizer.zero_grad(set_to_none=True)
         record: dict[str, float] = {"step": step + 1, "lr": run.scheduler.get_last_lr()[0]}
@@ -93,6 +95,28 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     tokens = sum(run.dist.gather(sum(len(p) + len(r) for b in batches.values()
                                      for p, r in zip(b.rollouts.prompt_ids, b.rollouts.response_ids))))
     return {**record, **times.record(), "time/step_s": seconds, "time/tokens_per_s": tokens / seconds}
+
+
+def keep_samples(run: Run, step: int, batches: dict[str, Drawn], scores: dict[str, TaskScores]) -> None:
+    """Rank 0 keeps its first ``log_samples`` rollouts of each task (``train_samples/step-N.jsonl`` and the
+    trackers' tables): prompt, response, verdicts with each judge's detail, rewards, whether it was cut."""
+    count = run.config.log_samples
+    if not count or not run.dist.main:
+        return
+    rows = []
+    for name, batch in batches.items():
+        r, s = batch.rollouts, scores[name]
+        details = s.details or [{} for _ in r.text]
+        for i in range(min(count, len(r.text))):
+            rows.append({"task": name, "prompt": batch.prompts[r.prompt_index[i]].text, "response": r.text[i],
+                         "verdicts": s.verdicts[i], "feasible": all(v == "pass" for v in s.verdicts[i].values()),
+                         "reward": s.reward[i], "calibrated_reward": s.calibrated[i],
+                         "truncated": not r.finished[i], "details": details[i]})
+    path = run.config.out / "train_samples" / f"step-{step + 1}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if run.metrics is not None:
+        run.metrics.samples("train", step + 1, rows)
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,22 @@ class Tracker:
         else:
             self._module.log_metrics(values, step=step)
 
+    def table(self, kind: str, step: int, rows: list[dict[str, Any]]) -> None:
+        """Sample rows as the tracker shows tables: TensorBoard text, a wandb / trackio ``Table``, an mlflow
+        table artifact."""
+        if not rows:
+            return
+        columns = list(rows[0])
+        cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+        if self.name == "tensorboard":
+            if self._board is not None:
+                self._board.add_text(f"samples/{kind}", _markdown(columns, cells), step)
+        elif self.name in ("wandb", "trackio"):
+            self._module.log({f"samples/{kind}": self._module.Table(columns=columns, data=cells)}, step=step)
+        else:
+            self._module.log_table(data={c: [row[i] for row in cells] for i, c in enumerate(columns)},
+                                   artifact_file=f"samples/{kind}-step-{step}.json")
+
     def close(self) -> None:
         if self.name == "tensorboard":
             if self._board is not None:
@@ -102,6 +118,19 @@ class Tracker:
             self._module.finish()
         else:
             self._module.end_run()
+
+
+def _cell(value: Any) -> Any:
+    """A table cell: numbers, booleans and text as they are, anything else as JSON text."""
+    return value if value is None or isinstance(value, str | int | float | bool) else json.dumps(value)
+
+
+def _markdown(columns: list[str], cells: list[list[Any]]) -> str:
+    def text(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(text(v) for v in row) + " |" for row in cells])
 
 
 def _flat(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -134,6 +163,11 @@ class MetricsSink:
             tracker.log(record)
         if advance and self._bar is not None:
             self._bar.update(1)
+
+    def samples(self, kind: str, step: int, rows: list[dict[str, Any]]) -> None:
+        """Sample rows (``train`` rollouts or ``eval`` responses, with each judge's detail) to the trackers."""
+        for tracker in self._trackers:
+            tracker.table(kind, step, rows)
 
     def close(self) -> None:
         for closable in (self._file, *self._trackers, self._bar):

@@ -66,6 +66,9 @@ class TaskScores:
     reward: list[float]
     baseline_reward: list[float]
     calibrated: list[float]
+    details: list[dict[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    """judge name -> what the judge found (extracted answer, failing test, instructions not followed...);
+    empty when not kept."""
 
     @property
     def feasible(self) -> list[bool]:
@@ -198,12 +201,14 @@ async def score_task(services: Services, work: ScoringWork) -> TaskScores:
     if unscored is not None:  # e.g. a worker that does not serve a model its gateway lists
         raise ScoringError(f"task {task.name!r}: the reward model could not score an item: "
                            f"{unscored.code}: {unscored.message}")
-    verdicts = [{n: v.verdict for n, v in r.verdicts.items()} for chunk in judged for r in chunk]
+    results = [r for chunk in judged for r in chunk]
+    verdicts = [{n: v.verdict for n, v in r.verdicts.items()} for r in results]
+    details = [{n: dict(v.detail or {}) for n, v in r.verdicts.items()} for r in results]
     if not task.judges:
-        verdicts = [{} for _ in pairs]
+        verdicts, details = [{} for _ in pairs], [{} for _ in pairs]
     return TaskScores(verdicts=verdicts, reward=[s.reward for s in scores],
                       baseline_reward=[s.baseline_reward for s in scores],  # type: ignore[misc]
-                      calibrated=[s.calibrated for s in scores])  # type: ignore[misc]
+                      calibrated=[s.calibrated for s in scores], details=details)  # type: ignore[misc]
 
 
 async def score_tasks(services: Services, work: dict[str, ScoringWork]) -> dict[str, TaskScores]:

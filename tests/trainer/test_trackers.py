@@ -24,8 +24,14 @@ class Recorder(types.ModuleType):
         super().__init__(name)
         self.__spec__ = importlib.machinery.ModuleSpec(name, None)
         self.calls: list[tuple[str, tuple, dict]] = []
-        for call in ("init", "log", "finish", "start_run", "log_params", "log_metrics", "end_run"):
+        for call in ("init", "log", "finish", "start_run", "log_params", "log_metrics", "end_run", "log_table"):
             setattr(self, call, self._recording(call))
+
+        class Table:
+            def __init__(self, columns, data):
+                self.columns, self.data = columns, data
+
+        self.Table = Table
 
     def _recording(self, call: str):
         def record(*args, **kwargs):
@@ -46,14 +52,26 @@ def test_every_record_reaches_every_tracker_with_the_config(world, monkeypatch):
         calls = fakes[name].calls
         assert calls[0][0] == "init" and calls[0][2]["project"] == "cgpo" and calls[0][2]["name"] == "tracked"
         assert calls[0][2]["config"]["tasks"][0]["name"] == "lower"
-        logged = [c for c in calls if c[0] == "log"]
+        logged = [c for c in calls if c[0] == "log" and not any(k.startswith("samples/") for k in c[1][0])]
         assert [c[2]["step"] for c in logged] == steps
         assert logged[-1][1][0] == {k: v for k, v in records[-1].items() if k != "step"}
+        tables = {(k, c[2]["step"]): v for c in calls if c[0] == "log" for k, v in c[1][0].items()
+                  if k.startswith("samples/")}
+        assert set(tables) == {("samples/train", 1), ("samples/train", 2), ("samples/eval", 0), ("samples/eval", 1),
+                               ("samples/eval", 2)}  # step 0: the initial policy's evaluation
+        train_table = tables[("samples/train", 1)]
+        assert "details" in train_table.columns and len(train_table.data) == 4
         assert calls[-1][0] == "finish"
     mlflow = fakes["mlflow"].calls
     assert [c[0] for c in mlflow[:2]] == ["start_run", "log_params"]
     assert mlflow[1][1][0]["optim.lr"] == config.optim.lr and mlflow[1][1][0]["tasks.0.name"] == "lower"
     assert [c[2]["step"] for c in mlflow if c[0] == "log_metrics"] == steps and mlflow[-1][0] == "end_run"
+    assert {c[2]["artifact_file"] for c in mlflow if c[0] == "log_table"} == {
+        f"samples/{kind}-step-{n}.json" for kind in ("train", "eval") for n in (1, 2)} | {"samples/eval-step-0.json"}
+    kept = (world / "tracked" / "train_samples" / "step-2.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in kept]
+    assert len(rows) == 4 and all(set(row["details"]) == {"instructions"} for row in rows)
+    assert all("followed" in row["details"]["instructions"] for row in rows)  # the judge's own account
     assert any((world / "tracked" / "tensorboard").iterdir())
     final = records[-1]
     assert {"lower/response_tokens_min", "lower/response_tokens_max", "lower/reward_std", "lower/same_reward_prompts",
