@@ -25,6 +25,8 @@ from typing import Any
 from cgpo.adapters import Judging
 from cgpo.services.common.settings import AdapterSettings
 
+END_TOKENS = ("</s>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<pad>", "<|pad|>")
+"""What a response's end may carry when decoded with special tokens, unless ``CGPO_ADAPTER_END_TOKENS`` says."""
 _judging: dict[tuple[str, ...], Judging] = {}
 
 
@@ -80,7 +82,7 @@ def _label(label: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
 
 def _response(query: str, prompt: str) -> str:
     response = query[len(prompt):] if query.startswith(prompt) else query
-    ends = AdapterSettings.from_env().end_tokens
+    ends = AdapterSettings.from_env().end_tokens or END_TOKENS
     stripped = True
     while stripped:
         stripped = False

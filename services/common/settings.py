@@ -303,8 +303,9 @@ class AdapterSettings(CgpoSettings):
     """The reward-model service of the calibrated-reward adapters."""
     rm_model: str | None = None
     """The reward model's name on that service."""
-    end_tokens: Names = ("</s>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<pad>", "<|pad|>")
-    """Tokens removed from the end of a response OpenRLHF decoded with its special tokens (comma-separated)."""
+    end_tokens: Names = ()
+    """Tokens removed from the end of a response OpenRLHF decoded with its special tokens (comma-separated).
+    Unset: the common ones (cgpo/adapters/openrlhf.py ``END_TOKENS``)."""
 
 
 SETTINGS: tuple[type[CgpoSettings], ...] = (ServiceSettings, ServerSettings, ClientSettings, CacheSettings,
