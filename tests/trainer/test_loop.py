@@ -30,6 +30,7 @@ def test_the_judge_pass_rate_rises_on_an_easy_task(world, optimizer, lr):
     assert len((world / f"run-{optimizer}" / "metrics.jsonl").read_text().splitlines()) == 16
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_with_identical_metrics(world):
     full = train(load_config(write_config(world, "full", steps=6, eval_every=3)), resume=False,
                  log=lambda _: None)
@@ -43,6 +44,7 @@ def test_an_interrupted_run_resumes_with_identical_metrics(world):
         assert {k: a[k] for k in keys} == pytest.approx({k: b[k] for k in keys}, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_save_stopped_between_its_renames_leaves_the_previous_checkpoint_to_resume_from(world, monkeypatch):
     from pathlib import Path
 
@@ -93,6 +95,7 @@ def test_the_vllm_engine_without_vllm_is_a_clear_error_not_a_fallback(world):
         train(config, resume=False, log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_eval_reports_ifevals_accuracies_greedy_and_kl_only_for_a_trained_policy(world):
     from cgpo.trainer.loop import eval_checkpoint
 
@@ -193,6 +196,7 @@ def test_the_held_out_kl_estimates_kl_on_samples_at_the_training_temperature(wor
     assert record["eval/lower/kl_stderr"] == pytest.approx(stderr, rel=0.3)
 
 
+@pytest.mark.slow
 def test_the_monitor_warns_and_with_action_stop_ends_the_run_at_a_checkpoint(world, monkeypatch):
     import cgpo.trainer.setup as setup_module
     from cgpo.trainer.monitor import Alert

@@ -13,6 +13,8 @@ from cgpo.trainer.config import ConfigError, load_config
 from cgpo.trainer.logprobs import sequence_logprobs
 from tests.worlds import write_config
 
+pytestmark = pytest.mark.slow  # each test trains (2-3 steps)
+
 PROMPTS = [[1, 40, 41, 42], [1, 43], [1, 44, 45]]
 RESPONSES = [[50, 51, 52], [53], [54, 55, 56, 57]]
 TARGETS = ("q_proj", "v_proj", "down_proj")

@@ -17,6 +17,9 @@ from cgpo.trainer.preflight import preflight
 from tests.worlds import write_config
 
 
+pytestmark = pytest.mark.slow  # trains 2 steps with every tracker
+
+
 class Recorder(types.ModuleType):
     """A stand-in tracker module with wandb's / trackio's / mlflow's calls, recording them."""
 
