@@ -86,7 +86,8 @@ def naive_app() -> Any:
     @app.post("/get_reward")
     async def get_reward(request: Request) -> dict[str, Any]:
         data = await request.json()
-        batch = tokenizer(data["query"], padding=True, return_tensors="pt").to(device)
+        # the texts are chat-formatted (the template wrote the BOS): no second one, as the service reads them
+        batch = tokenizer(data["query"], padding=True, add_special_tokens=False, return_tensors="pt").to(device)
         with torch.inference_mode():
             rewards = model(**batch).logits[:, 0].float().tolist()
         return {"rewards": rewards, "scores": rewards}

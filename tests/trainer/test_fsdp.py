@@ -220,6 +220,7 @@ def _lockstep_rank(rank: int, port: int, results: Path) -> None:
         drawn = _draw(missing, sources, seed=5)
         (results / f"rank{rank}.json").write_text(json.dumps({"responses": rollouts.response_ids, "norm": norm,
                                                              "baselines": {k: b.ids for k, b in drawn.items()}}))
+        dist.barrier()  # no rank tears the group down while the other still talks (a run ends on a barrier too)
     finally:
         dist.close()
 
