@@ -110,15 +110,16 @@ def _text(row: dict[str, Any], *columns: str) -> str:
 
 
 _CALCULATOR = re.compile(r"<<[^<>\n]*>>")
-_HASHES = re.compile(r"^[ \t]*####[ \t]*(\S[^\n]*)$", re.MULTILINE)
 
 
 def gsm8k(row: dict[str, Any]) -> dict[str, Any]:
+    from cgpo.services.judges.math import extract_gsm8k  # what the math judge reads as GSM8K's answer
+
     question, solution = _text(row, "question"), _text(row, "answer")
-    found = _HASHES.findall(solution)
+    found = extract_gsm8k(solution)
     if not found:
         raise Skip("the answer has no '#### N' line")
-    return {"prompt": question, "metadata": {"answer": found[-1].strip().replace(",", "")},
+    return {"prompt": question, "metadata": {"answer": found.replace(",", "")},
             "baseline": _CALCULATOR.sub("", solution)}
 
 

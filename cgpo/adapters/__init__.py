@@ -114,6 +114,32 @@ class Judging:
         return all(not lacks_required(REQUIRED_METADATA.get(j, ()), dict(metadata)) for j in self.judges)
 
 
+_by_judges: dict[tuple[str, ...], Judging] = {}
+
+
+def default_judges() -> tuple[str, ...]:
+    """The judges of rows that name none (``CGPO_ADAPTER_JUDGES``)."""
+    return tuple(AdapterSettings.from_env().judges)
+
+
+def judge_rows(judges: Sequence[tuple[str, ...]], prompts: Sequence[str], responses: Sequence[str],
+               metadata: Sequence[Mapping[str, Any]]) -> list[JudgeResult | None]:
+    """Rows that may name different judges: one request per set of judges (a `Judging` per set, kept for
+    the program's lifetime), results in row order."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, names in enumerate(judges):
+        if not names:
+            raise ValueError("no judges for a row: name them with the row or in CGPO_ADAPTER_JUDGES")
+        groups.setdefault(tuple(names), []).append(i)
+    results: list[JudgeResult | None] = [None] * len(judges)
+    for names, rows in groups.items():
+        judging = _by_judges.setdefault(names, Judging(list(names)))
+        found = judging.judge([prompts[i] for i in rows], [responses[i] for i in rows], [metadata[i] for i in rows])
+        for i, result in zip(rows, found, strict=True):
+            results[i] = result
+    return results
+
+
 def row_metadata(columns: Mapping[str, Any], index: int) -> dict[str, Any]:
     """Row ``index``'s judge metadata from a batch's columns: its ``metadata`` column (an object or its
     JSON text), then any of ``METADATA_FIELDS`` present as columns of their own."""

@@ -22,12 +22,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from cgpo.adapters import Judging
+from cgpo.adapters import default_judges, judge_rows
 from cgpo.services.common.settings import AdapterSettings
 
 END_TOKENS = ("</s>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<pad>", "<|pad|>")
 """What a response's end may carry when decoded with special tokens, unless ``CGPO_ADAPTER_END_TOKENS`` says."""
-_judging: dict[tuple[str, ...], Judging] = {}
 
 
 def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Sequence[Any] | None = None,
@@ -37,21 +36,15 @@ def reward_func(queries: Sequence[str], prompts: Sequence[str], labels: Sequence
     labels = list(labels) if labels is not None else [None] * len(queries)
     parsed = [_label(label) for label in labels]
     responses = [_response(q, p) for q, p in zip(queries, prompts, strict=True)]
-    rewards = [0.0] * len(queries)
+    results = judge_rows([judges for judges, _ in parsed], list(prompts), responses, [meta for _, meta in parsed])
+    rewards = [1.0 if result is not None and result.feasible else 0.0 for result in results]
     logs: dict[str, list[float]] = {}
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for i, (judges, _meta) in enumerate(parsed):
-        groups.setdefault(judges, []).append(i)
-    for judges, rows in groups.items():
-        judging = _judging.setdefault(judges, Judging(list(judges)))
-        results = judging.judge([prompts[i] for i in rows], [responses[i] for i in rows], [parsed[i][1] for i in rows])
-        for i, result in zip(rows, results, strict=True):
-            rewards[i] = 1.0 if result is not None and result.feasible else 0.0
-            logs.setdefault("applicable", []).append(float(result is not None))
-            for judge in judges:
-                verdict = result.verdicts[judge].verdict if result is not None else None
-                logs.setdefault(f"{judge}_pass", []).append(float(verdict == "pass"))
-                logs.setdefault(f"{judge}_error", []).append(float(verdict == "error"))
+    for (judges, _), result in zip(parsed, results, strict=True):
+        logs.setdefault("applicable", []).append(float(result is not None))
+        for judge in judges:
+            verdict = result.verdicts[judge].verdict if result is not None else None
+            logs.setdefault(f"{judge}_pass", []).append(float(verdict == "pass"))
+            logs.setdefault(f"{judge}_error", []).append(float(verdict == "error"))
     tensor = torch.tensor(rewards, dtype=torch.float32)
     return {"rewards": tensor, "scores": tensor.clone(),
             "extra_logs": {k: torch.tensor(sum(v) / len(v)) for k, v in logs.items()}}
@@ -71,13 +64,8 @@ def _label(label: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
         metadata = {}
     else:
         metadata = {"answer": label if isinstance(label, str | int | float) else str(label)}
-    judges = judges or list(AdapterSettings.from_env().judges)
-    if isinstance(judges, str):
-        judges = [judges]
-    if not judges:
-        raise ValueError("no judges: give them in the label ({'judges': [...], 'metadata': {...}}) or "
-                         "CGPO_ADAPTER_JUDGES")
-    return tuple(j.strip() for j in judges), metadata
+    judges = judges or default_judges()
+    return ((judges,) if isinstance(judges, str) else tuple(j.strip() for j in judges)), metadata
 
 
 def _response(query: str, prompt: str) -> str:

@@ -26,10 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cgpo.adapters import Judging, Rewarding
-from cgpo.services.common.settings import AdapterSettings
+from cgpo.adapters import Rewarding, default_judges, judge_rows
 
-_judging: dict[tuple[str, ...], Judging] = {}
 _rewarding: list[Rewarding] = []
 
 
@@ -46,18 +44,10 @@ def compute_score_batch(data_sources: Sequence[Any] | None = None, solution_strs
     n = len(solution_strs)
     ground_truths = list(ground_truths) if ground_truths is not None else [None] * n
     infos = _infos(extra_infos, n)
-    by_judges: dict[tuple[str, ...], list[int]] = {}
-    for i, info in enumerate(infos):
-        by_judges.setdefault(_judges(info), []).append(i)
-    scores: list[dict[str, float]] = [{} for _ in range(n)]
-    for judges, rows in by_judges.items():
-        judging = _judging.setdefault(judges, Judging(list(judges)))
-        metadata = [_metadata(infos[i], ground_truths[i]) for i in rows]
-        results = judging.judge([str(infos[i].get("prompt", "")) for i in rows], [solution_strs[i] for i in rows],
-                                metadata)
-        for i, result in zip(rows, results, strict=True):
-            scores[i] = _scored(result, judges)
-    return scores
+    judges = [_judges(info) for info in infos]
+    results = judge_rows(judges, [str(info.get("prompt", "")) for info in infos], list(solution_strs),
+                         [_metadata(info, truth) for info, truth in zip(infos, ground_truths, strict=True)])
+    return [_scored(result, names) for result, names in zip(results, judges, strict=True)]
 
 
 def calibrated_score_batch(data_sources: Sequence[Any] | None = None, solution_strs: Sequence[str] = (),
@@ -85,12 +75,8 @@ def _infos(extra_infos: Sequence[Any] | None, n: int) -> list[dict[str, Any]]:
 
 
 def _judges(info: dict[str, Any]) -> tuple[str, ...]:
-    judges = info.get("judges") or list(AdapterSettings.from_env().judges)
-    if isinstance(judges, str):
-        judges = [judges]
-    if not judges:
-        raise ValueError("no judges: give extra_info['judges'] per row or CGPO_ADAPTER_JUDGES")
-    return tuple(j.strip() for j in judges)
+    judges = info.get("judges") or default_judges()
+    return (judges,) if isinstance(judges, str) else tuple(j.strip() for j in judges)
 
 
 def _metadata(info: dict[str, Any], ground_truth: Any) -> dict[str, Any]:
